@@ -1,0 +1,133 @@
+"""Loaders for training and evaluation: one augmentation shared by teacher and student."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from timm.data import Mixup, create_transform
+from torch.utils.data import DataLoader, Dataset
+
+from scalekd.data.sampler import EpochBatches
+from scalekd.data.source import LabelledImages
+from scalekd.recipe import Recipe
+
+
+class SeededTransform(Dataset):
+    """Applies `transform` to item `index` with every RNG seeded by the item's own seed."""
+
+    def __init__(self, images: LabelledImages, transform: Callable):
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = item
+        random.seed(seed)  # timm's and torchvision's transforms draw from these three
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        image, target = self.images[index]
+        return self.transform(image), target
+
+
+@dataclass
+class TrainData:
+    loader: DataLoader
+    batches: EpochBatches
+    mixup: Optional[Mixup]
+    num_classes: int
+    steps_per_epoch: int  # optimiser steps
+    grad_accum: int
+
+    def epoch(self, epoch: int, start_step: int = 0) -> DataLoader:
+        """The loader for `epoch`, skipping the micro-batches of `start_step` steps (resume)."""
+        self.batches.set_position(epoch, start_step * self.grad_accum)
+        return self.loader
+
+
+def per_process_batch(recipe: Recipe, world_size: int) -> int:
+    return recipe.data.batch_size // (world_size * recipe.data.grad_accum)
+
+
+def build_train_data(recipe: Recipe, images: LabelledImages, mean, std,
+                     rank: int, world_size: int) -> TrainData:
+    d, a = recipe.data, recipe.aug
+    transform = create_transform(
+        d.input_size, is_training=True, scale=a.scale, ratio=a.ratio, hflip=a.hflip,
+        color_jitter=a.color_jitter, auto_augment=a.auto_augment or None,
+        interpolation=a.interpolation, mean=mean, std=std, re_prob=a.re_prob,
+    )
+    images = _keep_labelled(images, d.labels_per_class)
+    batch = per_process_batch(recipe, world_size)
+    batches = EpochBatches(len(images), batch, rank, world_size, recipe.run.seed,
+                           repeats=a.repeated_aug, multiple_of=d.grad_accum)
+    if batches.batches_per_epoch == 0:
+        raise ValueError(
+            f"{len(images)} training images do not fill one optimiser step of data.batch_size="
+            f"{d.batch_size}; lower data.batch_size"
+        )
+    loader = DataLoader(SeededTransform(images, transform), batch_sampler=batches,
+                        num_workers=d.workers, persistent_workers=d.workers > 0,
+                        pin_memory=torch.cuda.is_available())
+    mixup = None
+    if a.mixup > 0 or a.cutmix > 0:
+        mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, label_smoothing=a.smoothing,
+                      num_classes=len(images.classes))
+    return TrainData(loader, batches, mixup, len(images.classes),
+                     batches.batches_per_epoch // d.grad_accum, d.grad_accum)
+
+
+def build_eval_loader(recipe: Recipe, images: LabelledImages, mean, std, rank: int,
+                      world_size: int, input_size: Optional[int] = None) -> DataLoader:
+    """Each rank gets the same number of batches (ZeRO-3 forwards are collective); padding
+    items are marked with target -1 and not counted."""
+    d = recipe.data
+    transform = create_transform(input_size or d.input_size, is_training=False,
+                                 interpolation=recipe.aug.interpolation, mean=mean, std=std,
+                                 crop_pct=recipe.aug.crop_pct)
+    per_rank = -(-len(images) // world_size)
+    indices = list(range(rank, len(images), world_size))
+    indices += [-1] * (per_rank - len(indices))
+    batch = d.eval_batch_size or per_process_batch(recipe, world_size)
+    return DataLoader(_Padded(images, transform, indices), batch_size=batch,
+                      num_workers=d.workers, shuffle=False)
+
+
+class _Padded(Dataset):
+    def __init__(self, images: LabelledImages, transform: Callable, indices: list[int]):
+        self.images, self.transform, self.indices = images, transform, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        index = self.indices[i]
+        image, target = self.images[max(index, 0)]
+        return self.transform(image), target if index >= 0 else -1
+
+
+def _keep_labelled(images: LabelledImages, per_class: int) -> LabelledImages:
+    """A class-balanced labelled subset; the choice is fixed (seed 0) across runs and seeds."""
+    if not per_class:
+        return images
+    rng = np.random.default_rng(0)
+    targets = np.asarray(images.targets)
+    keep = np.sort(np.concatenate([
+        rng.permutation(np.flatnonzero(targets == c))[:per_class]
+        for c in range(len(images.classes))
+    ]))
+    return _Subset(images, keep.tolist())
+
+
+class _Subset(LabelledImages):
+    def __init__(self, images: LabelledImages, keep: list[int]):
+        self.base, self.keep = images, keep
+        self.classes = images.classes
+        self.targets = [images.targets[i] for i in keep]
+
+    def image(self, index: int):
+        return self.base.image(self.keep[index])

@@ -1,0 +1,59 @@
+"""Epoch order over processes, with a seed for every sample's augmentation.
+
+torch's DistributedSampler and timm's RepeatAugSampler give each rank its indices, but the
+augmentation a sample receives then depends on which worker happened to load it and how many
+draws that worker made before. Resuming mid-epoch (or changing the worker count) would change
+every later crop. Here each item carries its own seed, derived from (run seed, epoch, position in
+the global order), so a sample's augmentation is a pure function of where it stands in the run:
+resume is exact, and a 2-process run sees the same crops as a 1-process run of the same global
+batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+class EpochBatches:
+    """Per-process batches of (dataset index, augmentation seed) pairs for one epoch.
+
+    The global order is a seeded permutation, each index repeated `repeats` times in a row
+    (repeated augmentation, as in DeiT and timm's RepeatAugSampler) and cut to the data set's
+    length. Micro-batch m covers global positions [m*B*W, (m+1)*B*W); rank r takes every W-th
+    position from r, so the copies of a repeated image land on different ranks.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int, world_size: int,
+                 seed: int, repeats: int = 1, multiple_of: int = 1):
+        self.num_samples, self.batch_size = num_samples, batch_size
+        full = num_samples // (batch_size * world_size)
+        self.batches_per_epoch = full - full % multiple_of  # whole optimiser steps only
+        self.rank, self.world_size = rank, world_size
+        self.seed, self.repeats = seed, repeats
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch: int, start_batch: int = 0) -> None:
+        """The epoch to iterate next, and how many of its micro-batches to skip (resume)."""
+        self.epoch, self.start = epoch, start_batch
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = self.global_order(self.epoch)
+        span = self.batch_size * self.world_size
+        for m in range(self.start, self.start + len(self)):
+            positions = range(m * span + self.rank, (m + 1) * span, self.world_size)
+            yield [(int(order[p]), sample_seed(self.seed, self.epoch, p)) for p in positions]
+
+    def global_order(self, epoch: int) -> np.ndarray:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        perm = torch.randperm(self.num_samples, generator=g).numpy()
+        return np.repeat(perm, self.repeats)[: self.num_samples]
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])

@@ -1,0 +1,74 @@
+"""The distiller interface, the registry, and the hard-label loss every method shares."""
+
+from __future__ import annotations
+
+from typing import Callable, ClassVar, Optional
+
+import torch
+import torch.nn as nn
+from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+from scalekd.models.teacher import TeacherOutput
+from scalekd.recipe import Recipe
+
+DISTILLERS: dict[str, type["Distiller"]] = {}
+
+
+def register_distiller(name: str) -> Callable[[type["Distiller"]], type["Distiller"]]:
+    def add(cls: type["Distiller"]) -> type["Distiller"]:
+        DISTILLERS[name] = cls
+        return cls
+
+    return add
+
+
+class Distiller(nn.Module):
+    """Holds a method's trainable parts (projectors, if any) and computes its loss terms."""
+
+    needs_teacher: ClassVar[bool] = True
+    loss_terms: ClassVar[dict[str, float]] = {}  # term name -> default weight
+
+    def __init__(self, recipe: Recipe, num_classes: int):
+        super().__init__()
+        self.hard_label = HardLabelLoss(recipe.distill.hard_loss, recipe.aug.smoothing,
+                                        recipe.distill.bce_target_thresh)
+        self.weights = {**self.loss_terms, **recipe.distill.weights}
+
+    def forward(self, student_logits: torch.Tensor, teacher: Optional[TeacherOutput],
+                targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(self.weights[name] * value for name, value in terms.items())
+
+
+def create_distiller(recipe: Recipe, num_classes: int) -> Distiller:
+    return DISTILLERS[recipe.distill.method](recipe, num_classes)
+
+
+class HardLabelLoss(nn.Module):
+    """CE or BCE against the labels (timm's losses), or the soft targets Mixup/CutMix make.
+
+    Integer targets of -1 mark unlabelled images: they are left out of this term.
+    """
+
+    def __init__(self, kind: str, smoothing: float, bce_target_thresh: Optional[float]):
+        super().__init__()
+        self.kind = kind
+        if kind == "bce":
+            self.hard = BinaryCrossEntropy(smoothing=smoothing, target_threshold=bce_target_thresh)
+            self.soft = BinaryCrossEntropy(smoothing=0.0, target_threshold=bce_target_thresh)
+        else:
+            self.hard = (LabelSmoothingCrossEntropy(smoothing) if smoothing
+                         else nn.CrossEntropyLoss())
+            self.soft = SoftTargetCrossEntropy()
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.ndim == 2:  # soft targets from Mixup/CutMix, smoothing already applied
+            return self.soft(logits, targets)
+        labelled = targets >= 0
+        if not labelled.all():
+            if not labelled.any():
+                return logits.sum() * 0.0
+            logits, targets = logits[labelled], targets[labelled]
+        return self.hard(logits, targets)

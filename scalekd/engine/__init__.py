@@ -1,0 +1,1 @@
+"""The engine: process setup, the training loop, checkpoints, evaluation, logging, export."""

@@ -1,0 +1,92 @@
+"""Checkpoints that a crash, kill or preemption cannot corrupt.
+
+Each checkpoint is written by every process into `.tmp-step_N`, finished with a COMPLETE marker,
+then renamed to `step_N` in one atomic step; only complete folders are ever resumed from, the
+last `keep` are kept, and leftovers of an interrupted write are removed at the next start.
+The model/optimizer/RNG/scaler state is accelerate's (sharded files under DeepSpeed); our own
+state (step, EMA) is JSON and safetensors so that nothing needs unpickling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+
+MARKER = "COMPLETE"
+PREFIX = "step_"
+
+
+class Checkpoints:
+    def __init__(self, folder: Path, keep: int):
+        self.folder, self.keep = Path(folder), keep
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoints, oldest first; incomplete ones are reported and skipped."""
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for path in self.folder.glob(f"{PREFIX}*"):
+            if (path / MARKER).is_file():
+                found.append(path)
+            else:
+                warnings.warn(f"skipping checkpoint {path}: it has no {MARKER} marker")
+        return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+    def latest(self) -> Optional[Path]:
+        found = self.complete()
+        return found[-1] if found else None
+
+    def remove_partial(self, accelerator: Accelerator) -> None:
+        if accelerator.is_main_process and self.folder.is_dir():
+            for path in self.folder.glob(".tmp-*"):
+                shutil.rmtree(path, ignore_errors=True)
+        accelerator.wait_for_everyone()
+
+    def save(self, accelerator: Accelerator, step: int, ema: Optional[torch.nn.Module]) -> Path:
+        final = self.folder / f"{PREFIX}{step:09d}"
+        tmp = self.folder / f".tmp-{final.name}"
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if ema is not None:
+                save_file(_plain(ema.state_dict()), tmp / "ema.safetensors")
+            _write_synced(tmp / "trainer_state.json", json.dumps({"step": step}))
+            _write_synced(tmp / MARKER, "")
+            if final.exists():  # a re-save of the same step (resume right after a save)
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            for old in self.complete()[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        accelerator.wait_for_everyone()
+        return final
+
+    @staticmethod
+    def load(accelerator: Accelerator, path: Path, ema: Optional[torch.nn.Module]) -> int:
+        """Restore everything saved at `path`; returns the optimiser step to continue from."""
+        accelerator.load_state(str(path))
+        if ema is not None:
+            ema.load_state_dict(load_file(path / "ema.safetensors"))
+        return json.loads((path / "trainer_state.json").read_text())["step"]
+
+
+def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,0 +1,73 @@
+"""Processes, devices, precision and ZeRO, all through accelerate (DeepSpeed under it)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from accelerate import Accelerator, DeepSpeedPlugin
+from accelerate.utils import InitProcessGroupKwargs
+
+from scalekd.data.loader import per_process_batch
+from scalekd.models.teacher import FrozenTeacher
+from scalekd.recipe import Recipe, resolved_zero_stage
+
+
+def launched_world_size() -> int:
+    """The process count `accelerate launch` / torchrun set up, readable before any setup."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def build_accelerator(recipe: Recipe) -> Accelerator:
+    stage = resolved_zero_stage(recipe)
+    on_cpu = not torch.cuda.is_available()
+    handlers, plugin = [], None
+    if stage > 0:
+        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(recipe, stage),
+                                 zero3_init_flag=False)
+        if on_cpu and "LOCAL_RANK" in os.environ:
+            # DeepSpeed on CPU: without it every rank believes it is rank 0
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    return Accelerator(
+        # without cpu=True accelerate sees no GPU and silently runs each CPU process alone
+        # (no DDP, no reductions); with it, DeepSpeed would be ignored, hence stage == 0
+        cpu=on_cpu and stage == 0,
+        mixed_precision=recipe.run.precision,
+        gradient_accumulation_steps=recipe.data.grad_accum,
+        deepspeed_plugin=plugin,
+        kwargs_handlers=handlers,
+    )
+
+
+def deepspeed_config(recipe: Recipe, stage: int) -> dict:
+    world = launched_world_size()
+    return {
+        "train_batch_size": recipe.data.batch_size,
+        "train_micro_batch_size_per_gpu": per_process_batch(recipe, world),
+        "gradient_accumulation_steps": recipe.data.grad_accum,
+        "gradient_clipping": recipe.optim.clip_grad,
+        "zero_optimization": {
+            "stage": stage,
+            # export gathers the full student from the shards
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+        "bf16": {"enabled": recipe.run.precision == "bf16"},
+        "fp16": {"enabled": recipe.run.precision == "fp16"},
+        # our optimisers come from timm; element-wise ones are exact under ZeRO (see validate)
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+    }
+
+
+def shard_teacher(teacher: FrozenTeacher, recipe: Recipe) -> None:
+    """Give the teacher its own ZeRO-3 inference engine, apart from the student's."""
+    import deepspeed
+
+    config = {
+        "train_micro_batch_size_per_gpu": per_process_batch(recipe, launched_world_size()),
+        "zero_optimization": {"stage": 3},
+        "bf16": {"enabled": teacher.dtype == torch.bfloat16},
+    }
+    engine, *_ = deepspeed.initialize(model=teacher.model, config=config)
+    engine.eval()
+    teacher.engine = engine

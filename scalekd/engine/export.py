@@ -1,0 +1,40 @@
+"""The student as a plain timm model: safetensors weights plus the arguments that rebuild it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from scalekd.recipe import Recipe
+
+
+def export_student(state: dict[str, torch.Tensor], recipe: Recipe, num_classes: int,
+                   folder: Path, stem: str = "student") -> Path:
+    """Write `stem.safetensors` (student keys only: projectors and losses dropped) and
+    `stem.json`, which says how to rebuild it with timm.create_model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = "student."
+    weights = {k[len(prefix):]: v.detach().cpu().contiguous().clone()
+               for k, v in state.items() if k.startswith(prefix)}
+    path = folder / f"{stem}.safetensors"
+    save_file(weights, path, metadata={"timm_model": recipe.student.name})
+    spec = {"model_name": recipe.student.name, "num_classes": num_classes,
+            "kwargs": recipe.student.kwargs, "input_size": recipe.data.input_size,
+            "file": path.name}
+    (folder / f"{stem}.json").write_text(json.dumps(spec, indent=2))
+    return path
+
+
+def load_exported(path: Path) -> torch.nn.Module:
+    """Rebuild an exported student with timm (the way a user would)."""
+    import timm
+
+    path = Path(path)
+    spec = json.loads(path.with_suffix(".json").read_text())
+    n = spec["num_classes"]
+    return timm.create_model(spec["model_name"], pretrained=True, num_classes=n,
+                             pretrained_cfg_overlay=dict(file=str(path), num_classes=n),
+                             **spec["kwargs"])

@@ -1,0 +1,46 @@
+"""What a user sees: a progress bar (rate, ETA) and TensorBoard scalars, main process only."""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+
+class RunLog:
+    def __init__(self, folder: Path, total_steps: int, start_step: int, enabled: bool):
+        self.enabled = enabled
+        self.writer = None
+        self.bar = tqdm(total=total_steps, initial=start_step, disable=not enabled,
+                        unit="step", dynamic_ncols=True, smoothing=0.1)
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(folder))
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+
+    def advance(self, postfix: dict[str, str]) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def print(self, text: str) -> None:
+        if self.enabled:
+            self.bar.write(text)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def memory_gb(device: torch.device) -> float:
+    """Peak memory: CUDA allocator peak on GPU, else the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux

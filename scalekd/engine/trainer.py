@@ -1,0 +1,240 @@
+"""The training loop: recipe -> data, student, teacher, distiller -> accelerate -> steps.
+
+Read top to bottom, `train` is the whole run: build everything, resume if a checkpoint exists,
+then for each batch: one augmentation (Mixup/CutMix included) -> teacher forward (no grad, its
+own normalisation and resolution) -> student forward -> named losses -> weighted sum ->
+backward -> step -> log, evaluate and checkpoint on schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from accelerate.utils import set_seed
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+
+from scalekd.data import SOURCES, build_eval_loader, build_train_data
+from scalekd.distill import Distiller, create_distiller
+from scalekd.engine.checkpoint import Checkpoints
+from scalekd.engine.distributed import build_accelerator, launched_world_size, shard_teacher
+from scalekd.engine.evaluate import evaluate
+from scalekd.engine.export import export_student
+from scalekd.engine.logging import RunLog, memory_gb
+from scalekd.models import FrozenTeacher, create_student, create_teacher, data_config
+from scalekd.models.teacher import TeacherOutput
+from scalekd.recipe import Recipe, validate
+
+
+class DistillationModel(nn.Module):
+    """What the optimiser trains and the engine wraps: the student and the distiller's own
+    trainable parts (projectors). The teacher is deliberately not in here."""
+
+    def __init__(self, student: nn.Module, distiller: Distiller):
+        super().__init__()
+        self.student, self.distiller = student, distiller
+
+    def forward(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None,
+                teacher: Optional[TeacherOutput] = None):
+        logits = self.student(images)
+        if targets is None:
+            return logits
+        return logits, self.distiller(logits, teacher, targets)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+    export: Optional[Path] = None
+    steps: int = 0
+
+
+def train(recipe: Recipe) -> TrainResult:
+    validate(recipe, launched_world_size())
+    accelerator = build_accelerator(recipe)
+    set_seed(recipe.run.seed)
+    run_dir = recipe.run.path
+    main = accelerator.is_main_process
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+
+    # data: student normalisation; the teacher re-normalises the same augmented pixels
+    source = SOURCES[recipe.data.source]
+    norm = data_config(recipe.student.name)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    data = build_train_data(recipe, source.load(recipe.data, recipe.data.train_split),
+                            norm["mean"], norm["std"], rank, world)
+    val_images = source.load(recipe.data, recipe.data.val_split)
+    val_loader = build_eval_loader(recipe, val_images, norm["mean"], norm["std"], rank, world)
+
+    # models
+    distiller = create_distiller(recipe, data.num_classes)
+    model = DistillationModel(create_student(recipe.student, data.num_classes), distiller)
+    teacher: Optional[FrozenTeacher] = None
+    if distiller.needs_teacher:
+        teacher = create_teacher(recipe.teacher, data.num_classes, norm["mean"], norm["std"],
+                                 recipe.data.input_size).to(accelerator.device)
+
+    o = recipe.optim
+    optimizer = create_optimizer_v2(model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
+                                    momentum=o.momentum)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=o.sched, num_epochs=recipe.run.epochs, warmup_epochs=o.warmup_epochs,
+        warmup_lr=o.warmup_lr, min_lr=o.min_lr, step_on_epochs=False,
+        updates_per_epoch=data.steps_per_epoch,
+    )
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if teacher is not None and recipe.teacher.placement == "zero3":
+        shard_teacher(teacher, recipe)
+    student = accelerator.unwrap_model(model).student
+    ema = ModelEmaV3(student, decay=recipe.ema.decay) if recipe.ema.decay else None
+
+    # resume
+    checkpoints = Checkpoints(run_dir / "checkpoints", recipe.checkpoint.keep)
+    checkpoints.remove_partial(accelerator)
+    resume_from = (checkpoints.latest() if recipe.checkpoint.resume == "auto"
+                   else None if recipe.checkpoint.resume == "never"
+                   else Path(recipe.checkpoint.resume))
+    step = Checkpoints.load(accelerator, resume_from, ema) if resume_from else 0
+    total_steps = recipe.run.epochs * data.steps_per_epoch
+    if recipe.run.max_steps:
+        total_steps = min(total_steps, recipe.run.max_steps)
+
+    log = RunLog(run_dir / "tb", total_steps, step, main)
+    if resume_from:
+        log.print(f"resumed from {resume_from} at step {step}")
+    if teacher is not None and recipe.eval.teacher and step == 0:
+        teacher_metrics = evaluate(lambda x: teacher(x).logits, val_loader, accelerator)
+        log.scalars(0, {f"teacher/{k}": v for k, v in teacher_metrics.items()})
+        log.print(f"teacher {recipe.teacher.name}: top-1 {teacher_metrics['top1']:.2f}")
+
+    def run_eval() -> dict[str, float]:
+        model.eval()
+        out = {f"eval/{k}": v for k, v in evaluate(model, val_loader, accelerator).items()}
+        if ema is not None:
+            out.update({f"eval_ema/{k}": v
+                        for k, v in evaluate(ema.module, val_loader, accelerator).items()})
+        log.scalars(step, out)
+        log.print(f"epoch {step / data.steps_per_epoch:.2f} step {step}: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in out.items()))
+        return out
+
+    saved_step = step if resume_from else -1
+    window = _Window()
+    while step < total_steps:
+        model.train()
+        for images, targets in data.epoch(step // data.steps_per_epoch,
+                                          step % data.steps_per_epoch):
+            t_start = time.perf_counter()
+            images = images.to(accelerator.device, non_blocking=True)
+            targets = targets.to(accelerator.device, non_blocking=True)
+            if data.mixup is not None:  # one mixed batch for teacher and student alike
+                images, targets = data.mixup(images, targets)
+            teacher_out = teacher(images) if teacher is not None else None
+            t_teacher = _elapsed(t_start, accelerator.device)
+            with accelerator.accumulate(model):
+                _, terms = model(images, targets, teacher_out)
+                loss = distiller.total(terms)
+                accelerator.backward(loss)
+                if o.clip_grad and accelerator.sync_gradients and not _is_deepspeed(accelerator):
+                    accelerator.clip_grad_norm_(model.parameters(), o.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            window.add(terms, loss, t_teacher, _elapsed(t_start, accelerator.device))
+            if not accelerator.sync_gradients:
+                continue
+
+            step += 1
+            scheduler.step_update(step)
+            if ema is not None:
+                ema.update(student, step=step)
+            lr = optimizer.param_groups[0]["lr"]
+            log.advance({"loss": f"{loss.item():.3f}", "lr": f"{lr:.2e}"})
+            if step % recipe.run.log_every == 0 or step == total_steps:
+                scalars = window.reduce(accelerator, recipe.data.batch_size)
+                scalars.update({"lr": lr, "memory/peak_gb": memory_gb(accelerator.device)})
+                log.scalars(step, scalars)
+            if recipe.checkpoint.every_steps and step % recipe.checkpoint.every_steps == 0:
+                checkpoints.save(accelerator, step, ema)
+                saved_step = step
+            if step == total_steps:
+                break
+        epochs_done = step // data.steps_per_epoch
+        if step == total_steps or step % data.steps_per_epoch:
+            break
+        if epochs_done % recipe.eval.every_epochs == 0:
+            run_eval()
+        if epochs_done % recipe.checkpoint.every_epochs == 0 and saved_step != step:
+            checkpoints.save(accelerator, step, ema)
+            saved_step = step
+
+    metrics = run_eval()
+    if saved_step != step:
+        checkpoints.save(accelerator, step, ema)
+    log.close()
+
+    state = accelerator.get_state_dict(model)  # gathered from ZeRO-3 shards on every rank
+    export = None
+    if main:
+        export = export_student(state, recipe, data.num_classes, run_dir / "export")
+        if ema is not None:
+            export_student({f"student.{k}": v for k, v in ema.module.state_dict().items()},
+                           recipe, data.num_classes, run_dir / "export", stem="student_ema")
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    accelerator.wait_for_everyone()
+    if teacher is not None:
+        teacher.engine = None
+    accelerator.free_memory()
+    return TrainResult(run_dir, metrics, export, step)
+
+
+class _Window:
+    """Loss terms and timings accumulated between two TensorBoard writes."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.count, self.teacher_s, self.step_s = 0, 0.0, 0.0
+        self.started = time.perf_counter()
+
+    def add(self, terms: dict[str, torch.Tensor], total: torch.Tensor, teacher_s: float,
+            step_s: float) -> None:
+        for name, value in {**terms, "total": total}.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value.item()
+        self.count += 1
+        self.teacher_s += teacher_s
+        self.step_s += step_s
+
+    def reduce(self, accelerator, images_per_step: int) -> dict[str, float]:
+        names = sorted(self.sums)
+        local = torch.tensor([self.sums[n] / self.count for n in names], device=accelerator.device)
+        mean = accelerator.reduce(local, reduction="mean").tolist()
+        out = {f"loss/{n}": v for n, v in zip(names, mean)}
+        steps = self.count / accelerator.gradient_accumulation_steps
+        # wall clock, so data loading counts; the teacher's share is of compute time
+        out["throughput/images_per_s"] = images_per_step * steps / (time.perf_counter()
+                                                                     - self.started)
+        out["time/teacher_share"] = self.teacher_s / max(self.step_s, 1e-9)
+        self.reset()
+        return out
+
+
+def _elapsed(start: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _is_deepspeed(accelerator) -> bool:
+    return accelerator.state.deepspeed_plugin is not None

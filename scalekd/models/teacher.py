@@ -1,0 +1,89 @@
+"""The frozen teacher: never trained, in eval mode whatever the caller does, no autograd.
+
+It is kept outside the student's DDP / DeepSpeed engine (a second model in one DeepSpeed engine
+is silently dropped) and gets its own input: the student's augmented pixels, re-normalised with
+the teacher's mean/std and resized to the teacher's resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from scalekd.recipe import TeacherCfg
+
+
+@dataclass
+class TeacherOutput:
+    logits: torch.Tensor  # float32
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class FrozenTeacher(nn.Module):
+    def __init__(self, model: nn.Module, student_mean, student_std, teacher_mean, teacher_std,
+                 input_size: Optional[int], dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False).to(dtype)
+        self.dtype, self.input_size = dtype, input_size
+        s_mean, s_std = _channels(student_mean), _channels(student_std)
+        t_mean, t_std = _channels(teacher_mean), _channels(teacher_std)
+        # x_t = (x_s * s_std + s_mean - t_mean) / t_std, folded into one scale and shift
+        self.register_buffer("scale", s_std / t_std, persistent=False)
+        self.register_buffer("shift", (s_mean - t_mean) / t_std, persistent=False)
+        self.engine = None  # a DeepSpeed inference engine when the teacher is sharded
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":
+        return super().train(False)  # stays in eval mode: BN statistics and dropout frozen
+
+    def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
+        x = images * self.scale + self.shift
+        if self.input_size and x.shape[-1] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bicubic",
+                              align_corners=False)
+        return x.to(self.dtype)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> TeacherOutput:
+        runner = self.engine if self.engine is not None else self.model
+        logits = runner(self.prepare_input(images))
+        return TeacherOutput(logits=logits.float())
+
+
+def _channels(values) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
+
+
+def create_teacher(cfg: TeacherCfg, num_classes: int, student_mean, student_std,
+                   student_size: int) -> FrozenTeacher:
+    if cfg.checkpoint:
+        model = timm.create_model(
+            cfg.name, pretrained=True, num_classes=num_classes,
+            pretrained_cfg_overlay=dict(file=cfg.checkpoint, num_classes=num_classes),
+            **cfg.kwargs,
+        )
+    else:
+        hub_classes = timm.models.get_pretrained_cfg(cfg.name).num_classes
+        if hub_classes != num_classes:
+            raise ValueError(
+                f"teacher {cfg.name!r} from the hub predicts {hub_classes} classes, the data has "
+                f"{num_classes}: its head would be re-initialised at random. Train or probe a "
+                "head for this data and pass it as teacher.checkpoint=FILE"
+            )
+        try:
+            model = timm.create_model(cfg.name, pretrained=True, num_classes=num_classes,
+                                      **cfg.kwargs)
+        except Exception as err:  # no network, unknown tag, gated repo, ...
+            raise RuntimeError(
+                f"could not fetch the weights of teacher {cfg.name!r} from the Hugging Face hub "
+                f"({type(err).__name__}: {err}). Download them where there is internet and pass "
+                "teacher.checkpoint=/path/to/weights.safetensors"
+            ) from err
+    pcfg = model.pretrained_cfg
+    dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+    return FrozenTeacher(model, student_mean, student_std, pcfg["mean"], pcfg["std"],
+                         cfg.input_size or student_size, dtype)

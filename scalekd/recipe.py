@@ -1,0 +1,377 @@
+"""The typed description of a run: a tree of dataclasses, dotted-key overrides, validation.
+
+A recipe file builds a `Recipe`, the command line overrides any leaf with `section.field=value`
+(`optim.lr=3e-3`, `student.kwargs.img_size=32`), and `validate` checks everything that can be
+checked before a model is built or a batch is read, reporting every problem in one error.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message lists each problem and how to fix it."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("the recipe cannot run:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass
+class RunCfg:
+    name: str = "run"
+    dir: str = "runs/{name}"  # `{name}` is replaced by run.name
+    seed: int = 0
+    epochs: int = 100
+    precision: str = "no"  # student mixed precision: no | bf16 | fp16
+    log_every: int = 10  # steps between TensorBoard scalar writes
+    max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs); for smoke runs
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir.format(name=self.name))
+
+
+@dataclass
+class DataCfg:
+    source: str = "imagefolder"  # see scalekd.data.SOURCES
+    path: str = ""  # root of the data set (imagefolder: holds train/ and val/)
+    train_split: str = "train"
+    val_split: str = "val"
+    batch_size: int = 256  # global batch: summed over processes and accumulation steps
+    grad_accum: int = 1
+    eval_batch_size: int = 0  # per process; 0: the training per-process batch
+    workers: int = 4
+    input_size: int = 224  # the student's resolution
+    labels_per_class: int = 0  # keep this many labelled training images per class (0: all)
+    num_samples: int = 0  # synthetic source: images per split
+
+
+@dataclass
+class AugCfg:
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+    auto_augment: str = ""  # timm string, e.g. rand-m7-mstd0.5
+    re_prob: float = 0.0  # random erasing
+    repeated_aug: int = 1  # timm-style repeated augmentation count (3 in DeiT/A1/A2)
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    smoothing: float = 0.0  # label smoothing of the hard-label target
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875  # evaluation centre crop
+
+
+@dataclass
+class StudentCfg:
+    name: str = "resnet50"
+    pretrained: bool = False
+    checkpoint: str = ""  # initial weights from a file (safetensors or torch)
+    drop_path: float = 0.0
+    kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
+
+
+@dataclass
+class TeacherCfg:
+    name: str = ""  # any timm model name; empty: no teacher
+    checkpoint: str = ""  # weights file on disk (safetensors, or a torch checkpoint)
+    pretrained: bool = False  # load timm's weights for `name` from the Hugging Face hub
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    input_size: int = 0  # the teacher's resolution; 0: the student's
+    dtype: str = "bf16"  # bf16 | fp32 for the teacher's forward
+    placement: str = "replicated"  # replicated | zero3 (its own ZeRO-3 inference engine)
+
+
+@dataclass
+class DistillCfg:
+    method: str = "kd"  # see scalekd.distill.DISTILLERS
+    temperature: float = 1.0
+    hard_loss: str = "bce"  # ce | bce | none
+    bce_target_thresh: Optional[float] = None
+    weights: dict[str, float] = field(default_factory=dict)  # per loss term; method defaults
+
+
+@dataclass
+class OptimCfg:
+    name: str = "lamb"  # any timm optimiser name
+    lr: float = 5e-3  # for the global batch
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    clip_grad: float = 0.0  # max global grad norm; 0: off
+    sched: str = "cosine"  # any timm scheduler name
+    warmup_epochs: float = 5
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-6
+
+
+@dataclass
+class EmaCfg:
+    decay: float = 0.0  # 0: no EMA of the student
+
+
+@dataclass
+class CheckpointCfg:
+    every_steps: int = 0  # 0: only at epoch ends
+    every_epochs: int = 1
+    keep: int = 3
+    resume: str = "auto"  # auto: latest complete checkpoint of run.dir | never | a checkpoint folder
+
+
+@dataclass
+class DistCfg:
+    zero_stage: int = -1  # -1: as the launcher configures (DDP unless --use_deepspeed); 0, 2 or 3
+
+
+@dataclass
+class EvalCfg:
+    every_epochs: int = 1
+    teacher: bool = True  # evaluate the teacher once at the start
+
+
+@dataclass
+class Recipe:
+    run: RunCfg = field(default_factory=RunCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    aug: AugCfg = field(default_factory=AugCfg)
+    student: StudentCfg = field(default_factory=StudentCfg)
+    teacher: TeacherCfg = field(default_factory=TeacherCfg)
+    distill: DistillCfg = field(default_factory=DistillCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    ema: EmaCfg = field(default_factory=EmaCfg)
+    checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
+    dist: DistCfg = field(default_factory=DistCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# overrides
+
+
+def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """Return a copy of `recipe` with each `dotted.key=value` applied; values typed by the field."""
+    recipe = copy.deepcopy(recipe)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise RecipeError([f"override {item!r} is not of the form section.field=value"])
+        _set(recipe, key.strip().split("."), raw.strip(), key.strip())
+    return recipe
+
+
+def _set(node: Any, parts: list[str], raw: str, full_key: str) -> None:
+    head, rest = parts[0], parts[1:]
+    if isinstance(node, dict):
+        if rest:
+            node = node.setdefault(head, {})
+            return _set(node, rest, raw, full_key)
+        node[head] = _literal(raw)
+        return
+    names = [f.name for f in dataclasses.fields(node)]
+    if head not in names:
+        hint = difflib.get_close_matches(head, names, n=1)
+        where = full_key[: -len(".".join(parts))] or "the recipe"
+        raise RecipeError(
+            [f"unknown key {full_key!r}: {where} has no field {head!r}"
+             + (f"; did you mean {hint[0]!r}?" if hint else f"; fields are {', '.join(names)}")]
+        )
+    hints = typing.get_type_hints(type(node))
+    value = getattr(node, head)
+    if rest:
+        if not (dataclasses.is_dataclass(value) or isinstance(value, dict)):
+            raise RecipeError([f"unknown key {full_key!r}: {head!r} is a value, not a section"])
+        return _set(value, rest, raw, full_key)
+    try:
+        setattr(node, head, _coerce(raw, hints[head]))
+    except (ValueError, SyntaxError) as err:
+        raise RecipeError([f"{full_key}={raw!r}: {err}"]) from None
+
+
+def _literal(raw: str) -> Any:
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def _coerce(raw: str, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if raw.lower() in ("none", "null", ""):
+            return None
+        return _coerce(raw, next(a for a in args if a is not type(None)))
+    if hint is bool:
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if hint in (int, float):
+        try:
+            value = float(raw) if hint is float else int(raw)
+        except ValueError:
+            raise ValueError(f"expected {hint.__name__}") from None
+        return value
+    if hint is str:
+        return raw
+    if origin in (tuple, dict, list):
+        value = ast.literal_eval(raw)
+        if not isinstance(value, origin):
+            raise ValueError(f"expected a {origin.__name__} literal such as {_example(origin)}")
+        return value
+    raise ValueError(f"cannot parse a value of type {hint}")
+
+
+def _example(kind: type) -> str:
+    return {tuple: "(0.08,1.0)", dict: "{'img_size':32}", list: "[1,2]"}[kind]
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def validate(recipe: Recipe, world_size: int = 1) -> None:
+    """Check the recipe before any compute; raise one RecipeError listing every problem."""
+    import timm
+
+    from scalekd.data import SOURCES
+    from scalekd.distill import DISTILLERS
+
+    problems: list[str] = []
+    r = recipe
+
+    def model_known(name: str) -> bool:
+        return timm.is_model(name) or name.startswith("hf-hub:")
+
+    if not model_known(r.student.name):
+        problems.append(_unknown_model("student.name", r.student.name))
+
+    method = DISTILLERS.get(r.distill.method)
+    if method is None:
+        problems.append(
+            f"distill.method={r.distill.method!r} is not a registered method; "
+            f"choose one of {', '.join(sorted(DISTILLERS))}"
+        )
+    elif method.needs_teacher:
+        if not r.teacher.name:
+            problems.append(
+                f"distill.method={r.distill.method!r} needs a teacher: set teacher.name=<timm model>"
+            )
+        elif not model_known(r.teacher.name):
+            problems.append(_unknown_model("teacher.name", r.teacher.name))
+        elif not r.teacher.checkpoint and not r.teacher.pretrained:
+            problems.append(
+                f"teacher {r.teacher.name!r} has no weights: pass teacher.checkpoint=/path/to/weights"
+                " (.safetensors or .pth), or teacher.pretrained=true to download timm's weights"
+                " for that name from the Hugging Face hub"
+            )
+        unknown = set(r.distill.weights) - set(method.loss_terms)
+        if unknown:
+            problems.append(
+                f"distill.weights has {sorted(unknown)}, not terms of {r.distill.method!r}; "
+                f"its terms are {list(method.loss_terms)}"
+            )
+    for label, path in (("teacher.checkpoint", r.teacher.checkpoint),
+                        ("student.checkpoint", r.student.checkpoint)):
+        if path and not Path(path).is_file():
+            problems.append(f"{label}={path!r} does not exist; give the path of a weights file")
+
+    source = SOURCES.get(r.data.source)
+    if source is None:
+        problems.append(
+            f"data.source={r.data.source!r} is unknown; choose one of {', '.join(sorted(SOURCES))}"
+        )
+    else:
+        problems += source.check(r.data)
+
+    per_step = world_size * r.data.grad_accum
+    if r.data.batch_size <= 0 or r.data.grad_accum <= 0:
+        problems.append("data.batch_size and data.grad_accum must be positive")
+    elif r.data.batch_size % per_step:
+        problems.append(
+            f"data.batch_size={r.data.batch_size} (global) is not divisible by "
+            f"{world_size} process(es) x data.grad_accum={r.data.grad_accum}; choose a multiple "
+            f"of {per_step}"
+        )
+    elif (r.aug.mixup > 0 or r.aug.cutmix > 0) and (r.data.batch_size // per_step) % 2:
+        problems.append(
+            f"Mixup/CutMix pair images within a batch and need an even per-process batch; "
+            f"data.batch_size={r.data.batch_size} gives {r.data.batch_size // per_step}"
+        )
+    if (r.aug.mixup > 0 or r.aug.cutmix > 0) and r.data.labels_per_class:
+        problems.append("Mixup/CutMix with data.labels_per_class (unlabelled images) is unsupported")
+
+    checks = [
+        (r.run.epochs > 0, "run.epochs must be positive"),
+        (r.run.precision in ("no", "bf16", "fp16"), "run.precision must be no, bf16 or fp16"),
+        (r.optim.lr > 0, f"optim.lr={r.optim.lr} must be positive"),
+        (r.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (r.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
+        (r.distill.temperature > 0, f"distill.temperature={r.distill.temperature} must be > 0"),
+        (r.distill.hard_loss in ("ce", "bce", "none"), "distill.hard_loss must be ce, bce or none"),
+        (r.teacher.dtype in ("bf16", "fp32"), "teacher.dtype must be bf16 or fp32"),
+        (r.teacher.placement in ("replicated", "zero3"),
+         "teacher.placement must be replicated or zero3"),
+        (0 <= r.ema.decay < 1, "ema.decay must be in [0, 1)"),
+        (r.checkpoint.keep >= 1, "checkpoint.keep must be at least 1"),
+        (r.dist.zero_stage in (-1, 0, 2, 3), "dist.zero_stage must be -1 (launcher), 0, 2 or 3"),
+        (0 <= r.aug.smoothing < 1, "aug.smoothing must be in [0, 1)"),
+        (r.aug.repeated_aug >= 1, "aug.repeated_aug must be >= 1"),
+        (r.data.input_size >= 8, f"data.input_size={r.data.input_size} is too small"),
+        (r.checkpoint.resume in ("auto", "never") or Path(r.checkpoint.resume).is_dir(),
+         f"checkpoint.resume={r.checkpoint.resume!r} must be auto, never or a checkpoint folder"),
+    ]
+    problems += [msg for ok, msg in checks if not ok]
+
+    stage = resolved_zero_stage(r)
+    if stage > 0 and r.optim.name.lower() in _LAYERWISE_OPTIMIZERS:
+        problems.append(
+            f"optim.name={r.optim.name!r} scales each update by a per-tensor trust ratio, but "
+            f"ZeRO-{stage} hands the optimiser flattened partitions, which silently changes the "
+            "method: use dist.zero_stage=0 (DDP) or an element-wise optimiser such as adamw"
+        )
+    if stage == 3 and r.ema.decay > 0:
+        problems.append(
+            "ema.decay>0 with ZeRO-3: the EMA would need the full student gathered every step; "
+            "use ZeRO-2 or DDP for EMA runs, or set ema.decay=0"
+        )
+    if problems:
+        raise RecipeError(problems)
+
+
+# optimisers whose update depends on whole-tensor norms (so not on a ZeRO partition)
+_LAYERWISE_OPTIMIZERS = {"lamb", "lambc", "lars", "larc", "nlars", "nlarc", "adafactor"}
+
+
+def resolved_zero_stage(recipe: Recipe) -> int:
+    """The ZeRO stage in force: the recipe's if set, else what `accelerate launch` configured."""
+    if recipe.dist.zero_stage >= 0:
+        return recipe.dist.zero_stage
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
+    return 0
+
+
+def _unknown_model(key: str, name: str) -> str:
+    import timm
+
+    base = name.split(".")[0]
+    hint = difflib.get_close_matches(base, timm.list_models(), n=3)
+    return (
+        f"{key}={name!r} is not a timm model"
+        + (f"; close names: {', '.join(hint)}" if hint else "; see timm.list_models()")
+    )
