@@ -54,6 +54,8 @@ class DataCfg:
     workers: int = 4
     input_size: int = 224  # the student's resolution
     labels_per_class: int = 0  # keep this many labelled training images per class (0: all)
+    unlabelled: bool = False  # with labels_per_class: keep the other images, without labels,
+    #                           as a transfer set that feeds only the distillation terms
     num_samples: int = 0  # synthetic source: images per split
 
 
@@ -96,10 +98,12 @@ class TeacherCfg:
 @dataclass
 class DistillCfg:
     method: str = "kd"  # see scalekd.distill.DISTILLERS
-    temperature: float = 1.0
+    temperature: float = 1.0  # T of kd, bkd, bkl, dkd; tau of dist
     hard_loss: str = "bce"  # ce | bce | none
     bce_target_thresh: Optional[float] = None
     weights: dict[str, float] = field(default_factory=dict)  # per loss term; method defaults
+    dkd_warmup_epochs: float = 0.0  # dkd: ramp its TCKD/NCKD weights linearly from 0 over this
+    #                                 many epochs; 0: off (mdistiller's ImageNet setting)
 
 
 @dataclass
@@ -312,8 +316,15 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
             f"Mixup/CutMix pair images within a batch and need an even per-process batch; "
             f"data.batch_size={r.data.batch_size} gives {r.data.batch_size // per_step}"
         )
-    if (r.aug.mixup > 0 or r.aug.cutmix > 0) and r.data.labels_per_class:
-        problems.append("Mixup/CutMix with data.labels_per_class (unlabelled images) is unsupported")
+    if r.data.unlabelled and not r.data.labels_per_class:
+        problems.append("data.unlabelled=true needs data.labels_per_class > 0 (which images "
+                        "keep their labels)")
+    if r.data.unlabelled and method is not None and not method.needs_teacher:
+        problems.append(f"data.unlabelled=true: unlabelled images only feed distillation terms, "
+                        f"and distill.method={r.distill.method!r} has none")
+    if (r.aug.mixup > 0 or r.aug.cutmix > 0) and r.data.unlabelled:
+        problems.append("Mixup/CutMix cannot mix labels of unlabelled images: set aug.mixup=0 "
+                        "aug.cutmix=0 or data.unlabelled=false")
 
     checks = [
         (r.run.epochs > 0, "run.epochs must be positive"),
@@ -323,6 +334,7 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         (r.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
         (r.distill.temperature > 0, f"distill.temperature={r.distill.temperature} must be > 0"),
         (r.distill.hard_loss in ("ce", "bce", "none"), "distill.hard_loss must be ce, bce or none"),
+        (r.distill.dkd_warmup_epochs >= 0, "distill.dkd_warmup_epochs must be >= 0"),
         (r.teacher.dtype in ("bf16", "fp32"), "teacher.dtype must be bf16 or fp32"),
         (r.teacher.placement in ("replicated", "zero3"),
          "teacher.placement must be replicated or zero3"),

@@ -61,7 +61,7 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std,
         color_jitter=a.color_jitter, auto_augment=a.auto_augment or None,
         interpolation=a.interpolation, mean=mean, std=std, re_prob=a.re_prob,
     )
-    images = _keep_labelled(images, d.labels_per_class)
+    images = _keep_labelled(images, d.labels_per_class, d.unlabelled)
     batch = per_process_batch(recipe, world_size)
     batches = EpochBatches(len(images), batch, rank, world_size, recipe.run.seed,
                            repeats=a.repeated_aug, multiple_of=d.grad_accum)
@@ -110,24 +110,29 @@ class _Padded(Dataset):
         return self.transform(image), target if index >= 0 else -1
 
 
-def _keep_labelled(images: LabelledImages, per_class: int) -> LabelledImages:
-    """A class-balanced labelled subset; the choice is fixed (seed 0) across runs and seeds."""
+def _keep_labelled(images: LabelledImages, per_class: int, unlabelled: bool) -> LabelledImages:
+    """Keep `per_class` labels per class, chosen once (seed 0) for every run and seed; the other
+    images are dropped, or kept with label -1 (`unlabelled`: a transfer set for distillation)."""
     if not per_class:
         return images
     rng = np.random.default_rng(0)
     targets = np.asarray(images.targets)
-    keep = np.sort(np.concatenate([
+    labelled = np.sort(np.concatenate([
         rng.permutation(np.flatnonzero(targets == c))[:per_class]
         for c in range(len(images.classes))
     ]))
-    return _Subset(images, keep.tolist())
+    if unlabelled:
+        relabelled = np.full_like(targets, -1)
+        relabelled[labelled] = targets[labelled]
+        return _Subset(images, list(range(len(targets))), relabelled.tolist())
+    return _Subset(images, labelled.tolist(), targets[labelled].tolist())
 
 
 class _Subset(LabelledImages):
-    def __init__(self, images: LabelledImages, keep: list[int]):
+    def __init__(self, images: LabelledImages, keep: list[int], targets: list[int]):
         self.base, self.keep = images, keep
         self.classes = images.classes
-        self.targets = [images.targets[i] for i in keep]
+        self.targets = targets
 
     def image(self, index: int):
         return self.base.image(self.keep[index])

@@ -6,6 +6,6 @@ trainer multiplies each by its weight (`distill.weights`, else the method's defa
 """
 
 from scalekd.distill.base import DISTILLERS, Distiller, create_distiller, register_distiller
-from scalekd.distill import kd, supervised  # noqa: F401  (registers the methods)
+from scalekd.distill import bkd, dist, dkd, kd, supervised  # noqa: F401  (registers them)
 
 __all__ = ["DISTILLERS", "Distiller", "create_distiller", "register_distiller"]

@@ -33,6 +33,7 @@ class Distiller(nn.Module):
         self.hard_label = HardLabelLoss(recipe.distill.hard_loss, recipe.aug.smoothing,
                                         recipe.distill.bce_target_thresh)
         self.weights = {**self.loss_terms, **recipe.distill.weights}
+        self.temperature = recipe.distill.temperature  # of the softened terms (DIST's tau)
 
     def forward(self, student_logits: torch.Tensor, teacher: Optional[TeacherOutput],
                 targets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -40,6 +41,18 @@ class Distiller(nn.Module):
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(self.weights[name] * value for name, value in terms.items())
+
+    def hard_term(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"hard": the label loss}, or nothing with distill.hard_loss=none (VanillaKD Table 4's
+        "-" rows: the student learns from the teacher alone)."""
+        if self.hard_label.kind == "none":
+            return {}
+        return {"hard": self.hard_label(logits, targets)}
+
+    def set_epoch(self, epoch: float) -> None:
+        """The trainer calls this before every step with the fractional epoch (optimiser steps
+        done / steps per epoch), for methods whose loss follows a schedule (DKD's warm-up). The
+        state is derived from the step, so resuming needs nothing saved. Default: no schedule."""
 
 
 def create_distiller(recipe: Recipe, num_classes: int) -> Distiller:

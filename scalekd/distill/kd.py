@@ -23,12 +23,6 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 class VanillaKD(Distiller):
     loss_terms = {"hard": 0.5, "kd": 0.5}
 
-    def __init__(self, recipe, num_classes):
-        super().__init__(recipe, num_classes)
-        self.temperature = recipe.distill.temperature
-
     def forward(self, student_logits, teacher, targets):
-        terms = {"kd": kd_loss(student_logits, teacher.logits, self.temperature)}
-        if self.hard_label.kind != "none":
-            terms["hard"] = self.hard_label(student_logits, targets)
-        return terms
+        return {"kd": kd_loss(student_logits, teacher.logits, self.temperature),
+                **self.hard_term(student_logits, targets)}

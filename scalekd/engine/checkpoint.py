@@ -4,7 +4,9 @@ Each checkpoint is written by every process into `.tmp-step_N`, finished with a 
 then renamed to `step_N` in one atomic step; only complete folders are ever resumed from, the
 last `keep` are kept, and leftovers of an interrupted write are removed at the next start.
 The model/optimizer/RNG/scaler state is accelerate's (sharded files under DeepSpeed); our own
-state (step, EMA) is JSON and safetensors so that nothing needs unpickling.
+state (step, EMA) is JSON and safetensors so that nothing needs unpickling. Whatever does need
+torch.load is read with weights_only=True, DeepSpeed's files included (see
+`load_deepspeed_weights_only`).
 """
 
 from __future__ import annotations
@@ -75,10 +77,54 @@ class Checkpoints:
     @staticmethod
     def load(accelerator: Accelerator, path: Path, ema: Optional[torch.nn.Module]) -> int:
         """Restore everything saved at `path`; returns the optimiser step to continue from."""
+        load_deepspeed_weights_only(accelerator)
         accelerator.load_state(str(path))
         if ema is not None:
             ema.load_state_dict(load_file(path / "ema.safetensors"))
         return json.loads((path / "trainer_state.json").read_text())["step"]
+
+
+def load_deepspeed_weights_only(accelerator: Accelerator) -> None:
+    """Make accelerate's DeepSpeed engines read checkpoints with torch.load(weights_only=True).
+
+    accelerate reads its own files with weights_only=True (and the model from safetensors), but
+    under DeepSpeed `load_state` calls engine.load_checkpoint, which reads the model and ZeRO
+    optimiser files through the engine's checkpoint engine, and DeepSpeed's
+    TorchCheckpointEngine calls torch.load(weights_only=False): a full unpickle, so a tampered
+    checkpoint could run arbitrary code at resume. Those files hold only tensors, containers,
+    plain values and a few small DeepSpeed classes (its loss scaler, the ZeRO stage enum, ZeRO-2
+    fragment addresses), which torch's weights-only unpickler rebuilds once they are allowlisted.
+    Any other class in such a file now fails the load instead of being executed.
+    """
+    if accelerator.state.deepspeed_plugin is None:
+        return
+    from deepspeed import DeepSpeedEngine
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+
+    for model in accelerator._models:
+        current = getattr(model, "checkpoint_engine", None)
+        if isinstance(model, DeepSpeedEngine) and type(current) is TorchCheckpointEngine:
+            model.checkpoint_engine = _weights_only_engine(current)
+
+
+def _weights_only_engine(current):
+    """A weights-only copy of DeepSpeed's TorchCheckpointEngine `current` (same settings, so
+    saving is unchanged)."""
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    allowed = [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+    class WeightsOnlyTorchCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location=None):
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    engine = WeightsOnlyTorchCheckpointEngine.__new__(WeightsOnlyTorchCheckpointEngine)
+    engine.__dict__.update(current.__dict__)
+    return engine
 
 
 def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -23,6 +23,10 @@ def build_accelerator(recipe: Recipe) -> Accelerator:
     on_cpu = not torch.cuda.is_available()
     handlers, plugin = [], None
     if stage > 0:
+        # The DeepSpeed config is derived from the recipe; of a launcher's DeepSpeed fields only
+        # the stage counts, and resolved_zero_stage has read it. accelerate refuses a full
+        # config beside launcher fields it would ignore, so those are dropped here.
+        os.environ.pop("ACCELERATE_CONFIG_DS_FIELDS", None)
         plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(recipe, stage),
                                  zero3_init_flag=False)
         if on_cpu and "LOCAL_RANK" in os.environ:

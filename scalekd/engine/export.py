@@ -11,6 +11,28 @@ from safetensors.torch import save_file
 from scalekd.recipe import Recipe
 
 
+def consolidated_state(accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full state dict on every rank. Under DeepSpeed the parameters are the fp32 master
+    copies gathered from all shards (the module itself may hold bf16 copies, or ZeRO-3 slices);
+    collective: every rank must call it."""
+    if accelerator.state.deepspeed_plugin is None:
+        return accelerator.get_state_dict(model)
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    module = accelerator.unwrap_model(model)
+    keys = set(module.state_dict().keys())
+    state = {}
+    for name, param in module.named_parameters():
+        master = safe_get_full_fp32_param(param)  # None for a parameter the optimiser lacks
+        if master is None:
+            with deepspeed.zero.GatheredParameters([param]):
+                master = param.detach().float().clone()
+        state[name] = master
+    state.update({n: b for n, b in module.named_buffers() if n in keys})
+    return state
+
+
 def export_student(state: dict[str, torch.Tensor], recipe: Recipe, num_classes: int,
                    folder: Path, stem: str = "student") -> Path:
     """Write `stem.safetensors` (student keys only: projectors and losses dropped) and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import sys
 from pathlib import Path
 
 import torch
@@ -14,7 +15,9 @@ class RunLog:
         self.enabled = enabled
         self.writer = None
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not enabled,
-                        unit="step", dynamic_ncols=True, smoothing=0.1)
+                        unit="step", dynamic_ncols=True, smoothing=0.1,
+                        # a terminal redraws; a log file (SLURM, CI) gets a line a minute
+                        mininterval=0.5 if sys.stderr.isatty() else 60)
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 

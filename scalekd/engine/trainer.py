@@ -26,7 +26,7 @@ from scalekd.distill import Distiller, create_distiller
 from scalekd.engine.checkpoint import Checkpoints
 from scalekd.engine.distributed import build_accelerator, launched_world_size, shard_teacher
 from scalekd.engine.evaluate import evaluate
-from scalekd.engine.export import export_student
+from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog, memory_gb
 from scalekd.models import FrozenTeacher, create_student, create_teacher, data_config
 from scalekd.models.teacher import TeacherOutput
@@ -43,7 +43,8 @@ class DistillationModel(nn.Module):
 
     def forward(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None,
                 teacher: Optional[TeacherOutput] = None):
-        logits = self.student(images)
+        # a DeepSpeed bf16/fp16 engine holds the student in that dtype and does not autocast
+        logits = self.student(images.to(next(self.student.parameters()).dtype)).float()
         if targets is None:
             return logits
         return logits, self.distiller(logits, teacher, targets)
@@ -79,6 +80,7 @@ def train(recipe: Recipe) -> TrainResult:
     # models
     distiller = create_distiller(recipe, data.num_classes)
     model = DistillationModel(create_student(recipe.student, data.num_classes), distiller)
+    _check_cpu_bf16_batchnorm(model, recipe, accelerator)
     teacher: Optional[FrozenTeacher] = None
     if distiller.needs_teacher:
         teacher = create_teacher(recipe.teacher, data.num_classes, norm["mean"], norm["std"],
@@ -105,6 +107,7 @@ def train(recipe: Recipe) -> TrainResult:
                    else None if recipe.checkpoint.resume == "never"
                    else Path(recipe.checkpoint.resume))
     step = Checkpoints.load(accelerator, resume_from, ema) if resume_from else 0
+    scheduler.step_update(step)
     total_steps = recipe.run.epochs * data.steps_per_epoch
     if recipe.run.max_steps:
         total_steps = min(total_steps, recipe.run.max_steps)
@@ -182,7 +185,7 @@ def train(recipe: Recipe) -> TrainResult:
         checkpoints.save(accelerator, step, ema)
     log.close()
 
-    state = accelerator.get_state_dict(model)  # gathered from ZeRO-3 shards on every rank
+    state = consolidated_state(accelerator, model)
     export = None
     if main:
         export = export_student(state, recipe, data.num_classes, run_dir / "export")
@@ -234,6 +237,17 @@ def _elapsed(start: float, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - start
+
+
+def _check_cpu_bf16_batchnorm(model: nn.Module, recipe: Recipe, accelerator) -> None:
+    if (accelerator.device.type == "cpu" and _is_deepspeed(accelerator)
+            and recipe.run.precision != "no"
+            and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())):
+        raise ValueError(
+            f"run.precision={recipe.run.precision} under DeepSpeed on CPU: DeepSpeed casts the "
+            f"student to {recipe.run.precision} but keeps BatchNorm statistics in fp32, which "
+            "torch's CPU batch_norm refuses. Use run.precision=no on CPU (GPUs are fine)"
+        )
 
 
 def _is_deepspeed(accelerator) -> bool:

@@ -1,0 +1,81 @@
+"""Decoupled KD (Zhao et al., CVPR 2022): KD split at the target class into
+TCKD, the binary KL of the (target, all others) probability mass, and NCKD, the KL among the
+non-target classes renormalised, so that per sample KD = TCKD + (1 - p_target^teacher) * NCKD.
+DKD drops that teacher-confidence factor and weights the two freely: alpha=1, beta=2 (the
+`loss_terms` defaults; VanillaKD, appendix C; mdistiller also uses beta=0.5 for ResNet-34 ->
+ResNet-18), the label loss at 1 as in the original. Both terms are T^2-scaled, batch means.
+
+Targets. DKD needs a target class for every image:
+- integer labels: the label;
+- Mixup/CutMix soft targets: their argmax, the class with the larger mixing weight (for
+  CutMix, the larger pasted area). It is the label most of the image carries, what DKD
+  under Mixup does in OFA-KD (`label.max(1)[1]`, by VanillaKD's first author), and label
+  smoothing leaves the argmax unchanged. An exact 50/50 tie takes the lower class index,
+  which only changes which of the two mixed classes is called the target;
+- unlabelled images (-1): the teacher's top class. The decomposition holds for any class, so
+  such images still pass on all of the teacher's distribution (TCKD + NCKD stays a split
+  of KD) instead of being dropped from the only terms that can use them.
+
+Warm-up: the original multiplies TCKD and NCKD by min(epoch / warmup, 1) with 1-based integer
+epochs: warmup=20 on CIFAR-100, 1 on ImageNet (so no ramp there), and VanillaKD's training
+script passes no epoch to its DKD loss. Here `distill.dkd_warmup_epochs` (default 0: off) ramps linearly in the fractional
+epoch the trainer passes to `set_epoch`; the label loss is not ramped, as in the original.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from scalekd.distill.base import Distiller, register_distiller
+
+
+def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+             temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (TCKD, NCKD), each T^2 * KL(teacher || student), shape (batch,)."""
+
+    def split(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = logits.float() / temperature
+        is_target = F.one_hot(target, z.shape[-1]).bool()
+        others = z[~is_target].view(len(z), -1)  # the target column removed: exact, no masking
+        # log of (p_target, 1 - p_target), from logits so a near-certain class cannot underflow
+        binary = torch.stack([z[is_target], others.logsumexp(-1)], -1).log_softmax(-1)
+        return binary, others.log_softmax(-1)
+
+    (binary_s, others_s), (binary_t, others_t) = split(student_logits), split(teacher_logits)
+
+    def kl(log_s: torch.Tensor, log_t: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(log_s, log_t, reduction="none", log_target=True).sum(-1)
+
+    return kl(binary_s, binary_t) * temperature**2, kl(others_s, others_t) * temperature**2
+
+
+def dkd_target(targets: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """The target class of each image (see the module docstring for why)."""
+    if targets.ndim == 2:
+        return targets.argmax(-1)
+    return torch.where(targets >= 0, targets, teacher_logits.argmax(-1))
+
+
+@register_distiller("dkd")
+class DecoupledKD(Distiller):
+    loss_terms = {"hard": 1.0, "tckd": 1.0, "nckd": 2.0}
+
+    def __init__(self, recipe, num_classes):
+        super().__init__(recipe, num_classes)
+        self.warmup_epochs = recipe.distill.dkd_warmup_epochs
+        self.epoch = 0.0
+
+    def set_epoch(self, epoch: float) -> None:
+        self.epoch = epoch
+
+    def forward(self, student_logits, teacher, targets):
+        target = dkd_target(targets, teacher.logits)
+        tckd, nckd = dkd_loss(student_logits, teacher.logits, target, self.temperature)
+        return {"tckd": tckd.mean(), "nckd": nckd.mean(), **self.hard_term(student_logits, targets)}
+
+    def total(self, terms):
+        # the ramp is applied here, not to the terms, so the logged TCKD/NCKD stay true values
+        ramp = min(self.epoch / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0
+        return sum(self.weights[name] * (1.0 if name == "hard" else ramp) * value
+                   for name, value in terms.items())

@@ -1,0 +1,46 @@
+"""Training data: labelled subsets, transfer sets, augmentation tied to position."""
+
+import numpy as np
+import torch
+
+from scalekd.data import SOURCES, build_train_data
+from scalekd.recipe import Recipe, apply_overrides
+
+NORM = ((0.5,) * 3, (0.5,) * 3)
+
+
+def synthetic(*overrides):
+    r = apply_overrides(Recipe(), ["data.source=synthetic", "data.num_samples=200",
+                                   "data.batch_size=10", "data.input_size=16",
+                                   "data.workers=0", *overrides])
+    return r, SOURCES["synthetic"].load(r.data, "train")
+
+
+def test_labels_per_class_is_balanced_and_fixed():
+    r, images = synthetic("data.labels_per_class=5")
+    a = build_train_data(r, images, *NORM, 0, 1)
+    b = build_train_data(r, images, *NORM, 0, 1)
+    labels = torch.cat([y for _, y in a.epoch(0)])
+    assert np.bincount(labels.numpy()).tolist() == [5] * 10
+    assert a.loader.dataset.images.keep == b.loader.dataset.images.keep
+
+
+def test_augmentation_is_a_function_of_position():
+    """Same crops whether resumed mid-epoch or not, with any number of loader workers."""
+    r, images = synthetic("data.workers=2", "aug.auto_augment=rand-m7-mstd0.5")
+    full = [x for x, _ in build_train_data(r, images, *NORM, 0, 1).epoch(3)]
+    r0, _ = synthetic("aug.auto_augment=rand-m7-mstd0.5")
+    resumed = [x for x, _ in build_train_data(r0, images, *NORM, 0, 1).epoch(3, start_step=2)]
+    assert len(resumed) == len(full) - 2
+    assert all(torch.equal(a, b) for a, b in zip(full[2:], resumed))
+
+
+def test_transfer_set_keeps_every_image_with_the_same_labels_kept():
+    r, images = synthetic("data.labels_per_class=5", "data.unlabelled=true")
+    kept = build_train_data(r, images, *NORM, 0, 1).loader.dataset.images
+    subset = build_train_data(synthetic("data.labels_per_class=5")[0], images, *NORM, 0, 1)
+    targets = np.asarray(kept.targets)
+    assert len(targets) == 200 and (targets >= 0).sum() == 50
+    labelled = np.flatnonzero(targets >= 0).tolist()
+    assert labelled == subset.loader.dataset.images.keep
+    assert all(targets[i] == images.targets[i] for i in labelled)

@@ -1,0 +1,1 @@
+"""Shared test utilities: tiny recipes, launching runs, reading their outputs."""

@@ -1,0 +1,86 @@
+"""A scalekd training run as a test sees it: `python distributed_run.py OVERRIDES...`, alone or
+under `accelerate launch`. Before training it patches two seams of the trainer to record, per
+process, how many parameter elements the student engine and the teacher engine hold locally
+(`ds_tensor`, the ZeRO-3 shard) against the full count (`ds_numel`), in
+RUN_DIR/sharding/rank{R}.json; and it records every torch.load call (file, weights_only) in
+RUN_DIR/loads/rank{R}.json when the run ends, so a test can check how a resume read its
+checkpoint. Training itself is the library's, untouched."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+import torch.nn as nn
+
+import scalekd.engine.trainer as trainer
+from scalekd.cli import run_recipe
+from scalekd.recipe import Recipe
+
+
+def param_counts(module: nn.Module) -> dict:
+    params = list(module.parameters())
+    sharded = [p for p in params if hasattr(p, "ds_tensor")]
+    return {
+        "params": len(params),
+        "zero3_params": len(sharded),
+        "local": sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
+                     for p in params),
+        "full": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params),
+        # outside a gather, a ZeRO-3 parameter's own data is an empty placeholder
+        "materialised": sum(p.numel() for p in params),
+    }
+
+
+def main(argv: list[str]) -> None:
+    record: dict = {}
+    build_accelerator, shard_teacher = trainer.build_accelerator, trainer.shard_teacher
+
+    def recording_build_accelerator(recipe):
+        accelerator = build_accelerator(recipe)
+        prepare = accelerator.prepare
+
+        def recording_prepare(*args, **kwargs):
+            prepared = prepare(*args, **kwargs)
+            model = prepared[0] if isinstance(prepared, tuple) else prepared
+            record.update(rank=accelerator.process_index, world=accelerator.num_processes,
+                          distributed_type=str(accelerator.distributed_type),
+                          engine=type(model).__name__, student=param_counts(model))
+            _write(recipe, record)
+            return prepared
+
+        accelerator.prepare = recording_prepare
+        return accelerator
+
+    def recording_shard_teacher(teacher, recipe):
+        shard_teacher(teacher, recipe)
+        record.update(teacher_engine=type(teacher.engine).__name__,
+                      teacher=param_counts(teacher.engine.module))
+        _write(recipe, record)
+
+    loads: list[dict] = []
+    torch_load = torch.load
+
+    def recording_load(f, *args, **kwargs):
+        loads.append({"file": str(f), "weights_only": kwargs.get("weights_only", "default")})
+        return torch_load(f, *args, **kwargs)
+
+    trainer.build_accelerator = recording_build_accelerator
+    trainer.shard_teacher = recording_shard_teacher
+    torch.load = recording_load
+    result = run_recipe(Recipe(), argv)
+    folder = result.run_dir / "loads"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank{record['rank']}.json").write_text(json.dumps(loads, indent=2))
+    print(f"distributed_run: done, {result.steps} steps, {result.metrics}", flush=True)
+
+
+def _write(recipe, record: dict) -> None:
+    folder = recipe.run.path / "sharding"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"rank{record['rank']}.json").write_text(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

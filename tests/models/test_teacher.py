@@ -1,0 +1,103 @@
+"""The frozen teacher: weights from files, frozen for good, its own normalisation/resolution."""
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from scalekd.models.teacher import create_teacher
+from scalekd.recipe import TeacherCfg
+
+KW = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 2}
+STUDENT_MEAN, STUDENT_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+@pytest.fixture(scope="module")
+def vit_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=10, **KW)
+    path = tmp_path_factory.mktemp("teacher") / "vit.safetensors"
+    save_file(model.state_dict(), path)
+    return model.eval(), path
+
+
+def make(path, **cfg):
+    cfg = TeacherCfg(name="vit_tiny_patch16_224", checkpoint=str(path), kwargs=KW,
+                     **{"dtype": "fp32", **cfg})
+    return create_teacher(cfg, 10, STUDENT_MEAN, STUDENT_STD, student_size=32)
+
+
+def test_loads_weights_and_renormalises(vit_file):
+    reference, path = vit_file
+    teacher = make(path)
+    pixels = torch.rand(4, 3, 32, 32)  # what augmentation produced, before normalisation
+    student_view = (pixels - 0.5) / 0.25
+    mean = torch.tensor(reference.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(reference.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = reference((pixels - mean) / std)
+    assert torch.allclose(teacher(student_view).logits, want, atol=1e-5)
+
+
+def test_frozen_and_eval_for_good(vit_file):
+    teacher = make(vit_file[1])
+    container = torch.nn.ModuleDict({"teacher": teacher})
+    container.train()
+    teacher.train()
+    assert not teacher.training and not any(m.training for m in teacher.modules())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    out = teacher(x).logits
+    assert not out.requires_grad  # no autograd graph through the teacher
+
+
+def test_own_resolution(vit_file, tmp_path):
+    big = timm.create_model("vit_tiny_patch16_224", num_classes=10, **{**KW, "img_size": 48})
+    path = tmp_path / "big.safetensors"
+    save_file(big.state_dict(), path)
+    cfg = TeacherCfg(name="vit_tiny_patch16_224", checkpoint=str(path),
+                     kwargs={**KW, "img_size": 48}, input_size=48, dtype="fp32")
+    teacher = create_teacher(cfg, 10, STUDENT_MEAN, STUDENT_STD, student_size=32)
+    assert teacher.prepare_input(torch.randn(2, 3, 32, 32)).shape[-1] == 48
+    assert teacher(torch.randn(2, 3, 32, 32)).logits.shape == (2, 10)
+
+
+def test_bf16_forward_close_to_fp32(vit_file):
+    x = torch.randn(4, 3, 32, 32)
+    fp32 = make(vit_file[1])(x).logits
+    bf16 = make(vit_file[1], dtype="bf16")(x)
+    assert bf16.logits.dtype == torch.float32
+    assert torch.allclose(bf16.logits, fp32, atol=0.1, rtol=0.05)
+
+
+def test_torch_checkpoint_loaded_weights_only(vit_file, tmp_path):
+    reference, _ = vit_file
+    path = tmp_path / "teacher.pth"
+    torch.save({"state_dict": reference.state_dict(), "epoch": 3}, path)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(make(path)(x).logits, make(vit_file[1])(x).logits)
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": reference.state_dict(), "obj": object()}, evil)
+    with pytest.raises(RuntimeError, match="weights_only"):
+        make(evil)
+
+
+def test_head_mismatch_is_an_error(vit_file, tmp_path):
+    other = timm.create_model("vit_tiny_patch16_224", num_classes=7, **KW)
+    path = tmp_path / "seven.safetensors"
+    save_file(other.state_dict(), path)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        make(path)
+
+
+def test_hub_teacher_with_other_classes_is_refused():
+    cfg = TeacherCfg(name="vit_tiny_patch16_224", pretrained=True)
+    with pytest.raises(ValueError, match="predicts 1000 classes, the data has 10"):
+        create_teacher(cfg, 10, STUDENT_MEAN, STUDENT_STD, 32)
+
+
+def test_hub_failure_names_the_fix(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = TeacherCfg(name="vit_tiny_patch16_224.augreg_in21k_ft_in1k", pretrained=True)
+    with pytest.raises(RuntimeError, match="pass teacher.checkpoint="):
+        create_teacher(cfg, 1000, STUDENT_MEAN, STUDENT_STD, 32)

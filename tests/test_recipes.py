@@ -1,0 +1,63 @@
+"""The recipe files: A1 fails clearly without data/weights and runs for real on tiny overrides."""
+
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import timm
+from safetensors.torch import save_file
+
+from helpers.runs import subprocess_env
+from scalekd.engine.trainer import train
+from scalekd.recipe import apply_overrides, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+A1 = runpy.run_path(str(ROOT / "recipes" / "in1k_a1.py"))["recipe"]
+BEIT_TINY = {"img_size": 32, "depth": 1, "embed_dim": 32, "num_heads": 2}
+
+
+def test_a1_is_table_2():
+    r = A1()
+    assert (r.optim.name, r.optim.lr, r.data.batch_size, r.optim.sched) == ("lamb", 5e-3, 2048,
+                                                                           "cosine")
+    assert (r.optim.warmup_epochs, r.optim.weight_decay, r.aug.smoothing) == (5, 0.01, 0.1)
+    assert (r.student.drop_path, r.aug.repeated_aug, r.aug.auto_augment) == (0.05, 3,
+                                                                              "rand-m7-mstd0.5")
+    assert (r.aug.mixup, r.aug.cutmix, r.distill.hard_loss, r.run.epochs) == (0.2, 1.0, "bce",
+                                                                              1200)
+    assert (r.teacher.name.split(".")[0], r.student.name) == ("beitv2_large_patch16_224",
+                                                              "resnet50")
+
+
+def test_a1_without_imagenet_or_weights_says_what_is_missing():
+    run = subprocess.run([sys.executable, str(ROOT / "recipes" / "in1k_a1.py"),
+                          "teacher.pretrained=false"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300, env=subprocess_env())
+    assert run.returncode == 2
+    assert "data.path is not set: pass data.path=/path/to/imagenet" in run.stderr
+    assert "has no weights: pass teacher.checkpoint=" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_a1_runs_on_tiny_overrides(tmp_path):
+    teacher = timm.create_model("beitv2_large_patch16_224", num_classes=10, **BEIT_TINY)
+    save_file(teacher.state_dict(), tmp_path / "beit.safetensors")
+    recipe = apply_overrides(A1(), [
+        "data.source=synthetic", "data.num_samples=48", "data.input_size=32", "data.batch_size=8",
+        "data.workers=0", f"teacher.kwargs={BEIT_TINY}", "teacher.pretrained=false",
+        f"teacher.checkpoint={tmp_path / 'beit.safetensors'}", f"run.dir={tmp_path / 'run'}",
+        "run.max_steps=2", "run.log_every=1",
+    ])
+    result = train(recipe)
+    assert result.steps == 2 and (tmp_path / "run" / "export" / "student.safetensors").is_file()
+    assert 0 <= result.metrics["eval/top1"] <= 100
+
+
+def test_quickstart_recipes_validate():
+    quickstart = runpy.run_path(str(ROOT / "recipes" / "quickstart.py"))
+    distilled = quickstart["recipe"]()
+    for r in (quickstart["teacher_recipe"](distilled), quickstart["alone_recipe"](distilled),
+              quickstart["transfer_recipe"](distilled)):
+        validate(r)
+    assert distilled.student.name != distilled.teacher.name
