@@ -369,6 +369,18 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
 _LAYERWISE_OPTIMIZERS = {"lamb", "lambc", "lars", "larc", "nlars", "nlarc", "adafactor"}
 
 
+def recipe_changes(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """`key: old -> new` for every leaf that differs between two `Recipe.to_dict()` trees."""
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict) and prefix.count(".") < 1:
+            changes += recipe_changes(old, new, f"{prefix}{key}.")
+        elif old != (list(new) if isinstance(new, tuple) else new):
+            changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return changes
+
+
 def resolved_zero_stage(recipe: Recipe) -> int:
     """The ZeRO stage in force: the recipe's if set, else what `accelerate launch` configured."""
     if recipe.dist.zero_stage >= 0:

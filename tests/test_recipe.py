@@ -2,7 +2,7 @@
 
 import pytest
 
-from scalekd.recipe import Recipe, RecipeError, apply_overrides, validate
+from scalekd.recipe import Recipe, RecipeError, apply_overrides, recipe_changes, validate
 
 
 def valid_recipe(tmp_path) -> Recipe:
@@ -87,3 +87,13 @@ def test_all_problems_reported_at_once(tmp_path):
     with pytest.raises(RecipeError) as err:
         validate(recipe)
     assert len(err.value.problems) == 2
+
+
+def test_recipe_changes_lists_what_a_restart_changed():
+    import json
+
+    saved = json.loads(json.dumps(Recipe().to_dict()))  # as read back from recipe.json
+    now = apply_overrides(Recipe(), ["optim.lr=1e-3", "student.kwargs.img_size=32"]).to_dict()
+    assert recipe_changes(saved, now) == ["optim.lr: 0.005 -> 0.001",
+                                          "student.kwargs: {} -> {'img_size': 32}"]
+    assert recipe_changes(saved, Recipe().to_dict()) == []

@@ -62,7 +62,9 @@ def create_distiller(recipe: Recipe, num_classes: int) -> Distiller:
 class HardLabelLoss(nn.Module):
     """CE or BCE against the labels (timm's losses), or the soft targets Mixup/CutMix make.
 
-    Integer targets of -1 mark unlabelled images: they are left out of this term.
+    Integer targets of -1 mark unlabelled images: they add nothing to this term, which stays a
+    mean over the whole batch (each labelled image weighs the same whatever its batch holds,
+    and per-process batches average to the global batch's value).
     """
 
     def __init__(self, kind: str, smoothing: float, bce_target_thresh: Optional[float]):
@@ -80,8 +82,8 @@ class HardLabelLoss(nn.Module):
         if targets.ndim == 2:  # soft targets from Mixup/CutMix, smoothing already applied
             return self.soft(logits, targets)
         labelled = targets >= 0
-        if not labelled.all():
-            if not labelled.any():
-                return logits.sum() * 0.0
-            logits, targets = logits[labelled], targets[labelled]
-        return self.hard(logits, targets)
+        if labelled.all():
+            return self.hard(logits, targets)
+        if not labelled.any():
+            return logits.sum() * 0.0
+        return self.hard(logits[labelled], targets[labelled]) * labelled.float().mean()

@@ -13,9 +13,9 @@ That entropy does not depend on the student, so the two train identically (same 
 
 Reduction: summed over classes (eq. 3 sums over the label space), averaged over the batch, and
 scaled by T^2 as kd is (near the optimum the gradient of a T-softened term shrinks as 1/T^2).
-VanillaKD's released loss (`BinaryKLDiv`: BCE-with-logits against softmax(t), no T) averages
-over classes as well, i.e. it is this sum / num_classes: to match its scale on ImageNet set
-`distill.weights.bce_kd` (or `.bkl`) to 0.5/1000.
+VanillaKD's released loss (`BinaryKLDiv`: BCE-with-logits against softmax(t), no T, default
+mean reduction) averages over classes too, i.e. it is "bce_kd" at T=1 / num_classes: to match
+its scale on ImageNet set `distill.weights.bce_kd` (or `.bkl`) to 0.5/1000.
 """
 
 from __future__ import annotations

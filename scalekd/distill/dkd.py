@@ -8,18 +8,19 @@ ResNet-18), the label loss at 1 as in the original. Both terms are T^2-scaled, b
 Targets. DKD needs a target class for every image:
 - integer labels: the label;
 - Mixup/CutMix soft targets: their argmax, the class with the larger mixing weight (for
-  CutMix, the larger pasted area). It is the label most of the image carries, what DKD
-  under Mixup does in OFA-KD (`label.max(1)[1]`, by VanillaKD's first author), and label
-  smoothing leaves the argmax unchanged. An exact 50/50 tie takes the lower class index,
-  which only changes which of the two mixed classes is called the target;
+  CutMix, the class covering more of the image). It is the label most of the image carries,
+  what DKD under Mixup does in OFA-KD (`label.max(1)[1]`, by VanillaKD's first author), and
+  label smoothing leaves the argmax unchanged. An exact 50/50 tie takes the lower class
+  index, which only changes which of the two mixed classes is called the target;
 - unlabelled images (-1): the teacher's top class. The decomposition holds for any class, so
   such images still pass on all of the teacher's distribution (TCKD + NCKD stays a split
   of KD) instead of being dropped from the only terms that can use them.
 
-Warm-up: the original multiplies TCKD and NCKD by min(epoch / warmup, 1) with 1-based integer
-epochs: warmup=20 on CIFAR-100, 1 on ImageNet (so no ramp there), and VanillaKD's training
-script passes no epoch to its DKD loss. Here `distill.dkd_warmup_epochs` (default 0: off) ramps linearly in the fractional
-epoch the trainer passes to `set_epoch`; the label loss is not ramped, as in the original.
+Warm-up: the original (mdistiller) multiplies TCKD and NCKD by min(epoch / warmup, 1) with
+1-based integer epochs: warmup=20 on CIFAR-100, 1 on ImageNet (so no ramp there), and
+VanillaKD's training script passes no epoch to its DKD loss. Here `distill.dkd_warmup_epochs`
+(default 0: off) ramps linearly in the fractional epoch the trainer passes to `set_epoch`; the
+label loss is not ramped, as in the original.
 """
 
 from __future__ import annotations

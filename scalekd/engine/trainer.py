@@ -30,7 +30,7 @@ from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog, memory_gb
 from scalekd.models import FrozenTeacher, create_student, create_teacher, data_config
 from scalekd.models.teacher import TeacherOutput
-from scalekd.recipe import Recipe, validate
+from scalekd.recipe import Recipe, recipe_changes, validate
 
 
 class DistillationModel(nn.Module):
@@ -64,9 +64,11 @@ def train(recipe: Recipe) -> TrainResult:
     set_seed(recipe.run.seed)
     run_dir = recipe.run.path
     main = accelerator.is_main_process
+    recipe_file = run_dir / "recipe.json"
+    previous = json.loads(recipe_file.read_text()) if recipe_file.is_file() else None
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+        recipe_file.write_text(json.dumps(recipe.to_dict(), indent=2))
 
     # data: student normalisation; the teacher re-normalises the same augmented pixels
     source = SOURCES[recipe.data.source]
@@ -115,6 +117,10 @@ def train(recipe: Recipe) -> TrainResult:
     log = RunLog(run_dir / "tb", total_steps, step, main)
     if resume_from:
         log.print(f"resumed from {resume_from} at step {step}")
+        changes = recipe_changes(previous or {}, recipe.to_dict()) if previous else []
+        if changes:
+            log.print("warning: the recipe differs from the run's previous start:\n  "
+                      + "\n  ".join(changes))
     if teacher is not None and recipe.eval.teacher and step == 0:
         teacher_metrics = evaluate(lambda x: teacher(x).logits, val_loader, accelerator)
         log.scalars(0, {f"teacher/{k}": v for k, v in teacher_metrics.items()})
@@ -144,6 +150,7 @@ def train(recipe: Recipe) -> TrainResult:
                 images, targets = data.mixup(images, targets)
             teacher_out = teacher(images) if teacher is not None else None
             t_teacher = _elapsed(t_start, accelerator.device)
+            distiller.set_epoch(step / data.steps_per_epoch)  # schedules inside a method
             with accelerator.accumulate(model):
                 _, terms = model(images, targets, teacher_out)
                 loss = distiller.total(terms)
