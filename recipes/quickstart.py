@@ -34,7 +34,7 @@ def recipe() -> Recipe:
         data=DataCfg(source="fashion_mnist", train_split="train", val_split="test",
                      input_size=32, batch_size=128, eval_batch_size=500, workers=2,
                      labels_per_class=100),
-        aug=AugCfg(scale=(0.5, 1.0), hflip=0.5, interpolation="bilinear", crop_pct=1.0),
+        aug=AugCfg(scale=(0.8, 1.0), hflip=0.5, interpolation="bilinear", crop_pct=1.0),
         student=StudentCfg(name="mobilenetv3_small_050"),
         teacher=TeacherCfg(name="resnet18", checkpoint=ROOT + "/teacher/export/student.safetensors",
                            dtype="fp32"),
@@ -47,8 +47,8 @@ def recipe() -> Recipe:
 
 
 def transfer_recipe(kd: Recipe) -> Recipe:
-    """One pass over all 60,000 images (about as many steps as the 60 labelled-only epochs)."""
-    return replace(kd, run=replace(kd.run, name="student_kd_transfer", epochs=1),
+    """Two passes over all 60,000 images."""
+    return replace(kd, run=replace(kd.run, name="student_kd_transfer", epochs=2),
                    data=replace(kd.data, unlabelled=True),
                    optim=replace(kd.optim, warmup_epochs=0.05),
                    checkpoint=replace(kd.checkpoint, every_epochs=1),

@@ -117,7 +117,7 @@ def train(recipe: Recipe) -> TrainResult:
     log = RunLog(run_dir / "tb", total_steps, step, main)
     if resume_from:
         log.print(f"resumed from {resume_from} at step {step}")
-        changes = recipe_changes(previous or {}, recipe.to_dict()) if previous else []
+        changes = recipe_changes(previous, recipe.to_dict()) if previous else []
         if changes:
             log.print("warning: the recipe differs from the run's previous start:\n  "
                       + "\n  ".join(changes))
