@@ -97,7 +97,10 @@ def test_hub_teacher_with_other_classes_is_refused():
 
 
 def test_hub_failure_names_the_fix(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    # offline as on a compute node without internet, without waiting for network time-outs
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     cfg = TeacherCfg(name="vit_tiny_patch16_224.augreg_in21k_ft_in1k", pretrained=True)
     with pytest.raises(RuntimeError, match="pass teacher.checkpoint="):
         create_teacher(cfg, 1000, STUDENT_MEAN, STUDENT_STD, 32)
