@@ -156,6 +156,11 @@ class Recipe:
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
     dist: DistCfg = field(default_factory=DistCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
+    # More students trained beside this one on the same batches and the same teacher forward
+    # (VanillaKD trains students this way to pay the teacher once): name -> overrides of this
+    # recipe's student.*, distill.*, optim.* and ema.* fields, e.g.
+    # {"dkd": {"distill.method": "dkd"}} or, on the command line, students.dkd.distill.method=dkd
+    students: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -246,6 +251,57 @@ def _example(kind: type) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # validation
+
+
+# what may differ between the students of one run (the rest is one batch, one teacher pass)
+PER_STUDENT_SECTIONS = ("student", "distill", "optim", "ema")
+
+
+def student_recipes(recipe: Recipe) -> dict[str, Recipe]:
+    """Each student's own recipe: "" for the recipe's student, then `recipe.students` by name."""
+    base = dataclasses.replace(recipe, students={})
+    out = {"": base}
+    for name, spec in recipe.students.items():
+        out[name] = apply_overrides(base, [f"{key}={_as_text(value)}"
+                                           for key, value in _flatten(spec)])
+    return out
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else repr(value)
+
+
+def _flatten(spec: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items = []
+    for key, value in spec.items():
+        if isinstance(value, dict) and value:
+            items += _flatten(value, f"{prefix}{key}.")
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
+def _student_problems(recipe: Recipe, world_size: int) -> list[str]:
+    problems = []
+    for name, spec in recipe.students.items():
+        label = f"students.{name}"
+        if not name.replace("_", "").replace("-", "").isalnum():
+            problems.append(f"{label}: a student name becomes a folder; use letters, digits, _ -")
+        shared = [k for k, _ in _flatten(spec) if k.split(".")[0] not in PER_STUDENT_SECTIONS]
+        if shared:
+            problems.append(
+                f"{label} sets {shared}, which all students of a run share (one batch, one "
+                f"teacher pass); only {', '.join(s + '.*' for s in PER_STUDENT_SECTIONS)} differ"
+            )
+            continue
+        try:
+            validate(student_recipes(recipe)[name], world_size)
+        except RecipeError as err:
+            problems += [f"{label}: {p}" for p in err.problems]
+    if recipe.students and resolved_zero_stage(recipe) > 0:
+        problems.append("several students need DDP (dist.zero_stage=0): accelerate drives one "
+                        "DeepSpeed engine per run")
+    return problems
 
 
 def validate(recipe: Recipe, world_size: int = 1) -> None:
@@ -349,6 +405,7 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
     ]
     problems += [msg for ok, msg in checks if not ok]
 
+    problems += _student_problems(r, world_size)
     stage = resolved_zero_stage(r)
     if stage > 0 and r.optim.name.lower() in _LAYERWISE_OPTIMIZERS:
         problems.append(

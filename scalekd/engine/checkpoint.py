@@ -52,7 +52,7 @@ class Checkpoints:
                 shutil.rmtree(path, ignore_errors=True)
         accelerator.wait_for_everyone()
 
-    def save(self, accelerator: Accelerator, step: int, ema: Optional[torch.nn.Module]) -> Path:
+    def save(self, accelerator: Accelerator, step: int, emas: dict[str, torch.nn.Module]) -> Path:
         final = self.folder / f"{PREFIX}{step:09d}"
         tmp = self.folder / f".tmp-{final.name}"
         if accelerator.is_main_process:
@@ -62,8 +62,8 @@ class Checkpoints:
         accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            if ema is not None:
-                save_file(_plain(ema.state_dict()), tmp / "ema.safetensors")
+            for name, ema in emas.items():
+                save_file(_plain(ema.state_dict()), tmp / _ema_file(name))
             _write_synced(tmp / "trainer_state.json", json.dumps({"step": step}))
             _write_synced(tmp / MARKER, "")
             if final.exists():  # a re-save of the same step (resume right after a save)
@@ -75,12 +75,12 @@ class Checkpoints:
         return final
 
     @staticmethod
-    def load(accelerator: Accelerator, path: Path, ema: Optional[torch.nn.Module]) -> int:
+    def load(accelerator: Accelerator, path: Path, emas: dict[str, torch.nn.Module]) -> int:
         """Restore everything saved at `path`; returns the optimiser step to continue from."""
         load_deepspeed_weights_only(accelerator)
         accelerator.load_state(str(path))
-        if ema is not None:
-            ema.load_state_dict(load_file(path / "ema.safetensors"))
+        for name, ema in emas.items():
+            ema.load_state_dict(load_file(path / _ema_file(name)))
         return json.loads((path / "trainer_state.json").read_text())["step"]
 
 
@@ -125,6 +125,11 @@ def _weights_only_engine(current):
     engine = WeightsOnlyTorchCheckpointEngine.__new__(WeightsOnlyTorchCheckpointEngine)
     engine.__dict__.update(current.__dict__)
     return engine
+
+
+def _ema_file(student: str) -> str:
+    """One EMA per student: ema.safetensors for the recipe's own, ema_<name> for the others."""
+    return f"ema_{student}.safetensors" if student else "ema.safetensors"
 
 
 def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

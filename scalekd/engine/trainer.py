@@ -16,9 +16,10 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-from accelerate.utils import set_seed
+from accelerate.utils import extract_model_from_parallel, set_seed
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
+from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
 
 from scalekd.data import SOURCES, build_eval_loader, build_train_data
@@ -30,7 +31,7 @@ from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog, memory_gb
 from scalekd.models import FrozenTeacher, create_student, create_teacher, data_config
 from scalekd.models.teacher import TeacherOutput
-from scalekd.recipe import Recipe, recipe_changes, validate
+from scalekd.recipe import Recipe, recipe_changes, student_recipes, validate
 
 
 class DistillationModel(nn.Module):
@@ -53,9 +54,50 @@ class DistillationModel(nn.Module):
 @dataclass
 class TrainResult:
     run_dir: Path
-    metrics: dict[str, float] = field(default_factory=dict)
-    export: Optional[Path] = None
+    metrics: dict[str, float] = field(default_factory=dict)  # extra students' keys prefixed
+    export: Optional[Path] = None  # the recipe's own student
     steps: int = 0
+    exports: dict[str, Path] = field(default_factory=dict)  # every student, by name
+
+
+@dataclass
+class Student:
+    """One student of the run and everything that trains it. A run has one, or several that
+    share each batch and each teacher forward (`recipe.students`)."""
+
+    name: str  # "" for the recipe's own student
+    recipe: Recipe
+    model: nn.Module  # the DistillationModel, as accelerate prepared it
+    optimizer: torch.optim.Optimizer
+    scheduler: Scheduler
+    distiller: Distiller
+    ema: Optional[ModelEmaV3] = None
+    window: "_Window" = field(default_factory=lambda: _Window())
+
+    def tag(self, key: str) -> str:
+        return f"{self.name}/{key}" if self.name else key
+
+    @property
+    def module(self) -> DistillationModel:
+        return extract_model_from_parallel(self.model)
+
+
+def build_student(recipe: Recipe, num_classes: int,
+                  steps_per_epoch: int) -> tuple[DistillationModel, torch.optim.Optimizer,
+                                                 Scheduler, Distiller]:
+    distiller = create_distiller(recipe, num_classes)
+    with torch.random.fork_rng():  # each student starts as it would in a run of its own
+        torch.manual_seed(recipe.run.seed)
+        model = DistillationModel(create_student(recipe.student, num_classes), distiller)
+    o = recipe.optim
+    optimizer = create_optimizer_v2(model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
+                                    momentum=o.momentum)
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=o.sched, num_epochs=recipe.run.epochs, warmup_epochs=o.warmup_epochs,
+        warmup_lr=o.warmup_lr, min_lr=o.min_lr, step_on_epochs=False,
+        updates_per_epoch=steps_per_epoch,
+    )
+    return model, optimizer, scheduler, distiller
 
 
 def train(recipe: Recipe) -> TrainResult:
@@ -79,28 +121,25 @@ def train(recipe: Recipe) -> TrainResult:
     val_images = source.load(recipe.data, recipe.data.val_split)
     val_loader = build_eval_loader(recipe, val_images, norm["mean"], norm["std"], rank, world)
 
-    # models
-    distiller = create_distiller(recipe, data.num_classes)
-    model = DistillationModel(create_student(recipe.student, data.num_classes), distiller)
-    _check_cpu_bf16_batchnorm(model, recipe, accelerator)
+    # models: the students (with their optimisers) go through accelerate, the teacher never
+    specs = student_recipes(recipe)
+    built = [build_student(r, data.num_classes, data.steps_per_epoch) for r in specs.values()]
+    for model, *_ in built:
+        _check_cpu_bf16_batchnorm(model, recipe, accelerator)
+    n = len(built)
+    prepared = accelerator.prepare(*[b[0] for b in built], *[b[1] for b in built])
+    students = [Student(name, r, prepared[i], prepared[n + i], built[i][2], built[i][3])
+                for i, (name, r) in enumerate(specs.items())]
+    for s in students:
+        if s.recipe.ema.decay:
+            s.ema = ModelEmaV3(s.module.student, decay=s.recipe.ema.decay)
     teacher: Optional[FrozenTeacher] = None
-    if distiller.needs_teacher:
+    if any(s.distiller.needs_teacher for s in students):
         teacher = create_teacher(recipe.teacher, data.num_classes, norm["mean"], norm["std"],
                                  recipe.data.input_size).to(accelerator.device)
-
-    o = recipe.optim
-    optimizer = create_optimizer_v2(model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
-                                    momentum=o.momentum)
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched=o.sched, num_epochs=recipe.run.epochs, warmup_epochs=o.warmup_epochs,
-        warmup_lr=o.warmup_lr, min_lr=o.min_lr, step_on_epochs=False,
-        updates_per_epoch=data.steps_per_epoch,
-    )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if teacher is not None and recipe.teacher.placement == "zero3":
-        shard_teacher(teacher, recipe)
-    student = accelerator.unwrap_model(model).student
-    ema = ModelEmaV3(student, decay=recipe.ema.decay) if recipe.ema.decay else None
+        if recipe.teacher.placement == "zero3":
+            shard_teacher(teacher, recipe)
+    emas = {s.name: s.ema for s in students if s.ema is not None}
 
     # resume
     checkpoints = Checkpoints(run_dir / "checkpoints", recipe.checkpoint.keep)
@@ -108,8 +147,9 @@ def train(recipe: Recipe) -> TrainResult:
     resume_from = (checkpoints.latest() if recipe.checkpoint.resume == "auto"
                    else None if recipe.checkpoint.resume == "never"
                    else Path(recipe.checkpoint.resume))
-    step = Checkpoints.load(accelerator, resume_from, ema) if resume_from else 0
-    scheduler.step_update(step)
+    step = Checkpoints.load(accelerator, resume_from, emas) if resume_from else 0
+    for s in students:
+        s.scheduler.step_update(step)
     total_steps = recipe.run.epochs * data.steps_per_epoch
     if recipe.run.max_steps:
         total_steps = min(total_steps, recipe.run.max_steps)
@@ -127,54 +167,66 @@ def train(recipe: Recipe) -> TrainResult:
         log.print(f"teacher {recipe.teacher.name}: top-1 {teacher_metrics['top1']:.2f}")
 
     def run_eval() -> dict[str, float]:
-        model.eval()
-        out = {f"eval/{k}": v for k, v in evaluate(model, val_loader, accelerator).items()}
-        if ema is not None:
-            out.update({f"eval_ema/{k}": v
-                        for k, v in evaluate(ema.module, val_loader, accelerator).items()})
+        out = {}
+        for s in students:
+            s.model.eval()
+            out.update({s.tag(f"eval/{k}"): v
+                        for k, v in evaluate(s.model, val_loader, accelerator).items()})
+            if s.ema is not None:
+                out.update({s.tag(f"eval_ema/{k}"): v
+                            for k, v in evaluate(s.ema.module, val_loader, accelerator).items()})
         log.scalars(step, out)
         log.print(f"epoch {step / data.steps_per_epoch:.2f} step {step}: "
                   + ", ".join(f"{k} {v:.2f}" for k, v in out.items()))
         return out
 
     saved_step = step if resume_from else -1
-    window = _Window()
     while step < total_steps:
-        model.train()
+        for s in students:
+            s.model.train()
         for images, targets in data.epoch(step // data.steps_per_epoch,
                                           step % data.steps_per_epoch):
             t_start = time.perf_counter()
             images = images.to(accelerator.device, non_blocking=True)
             targets = targets.to(accelerator.device, non_blocking=True)
-            if data.mixup is not None:  # one mixed batch for teacher and student alike
+            if data.mixup is not None:  # one mixed batch for teacher and students alike
                 images, targets = data.mixup(images, targets)
             teacher_out = teacher(images) if teacher is not None else None
             t_teacher = _elapsed(t_start, accelerator.device)
-            distiller.set_epoch(step / data.steps_per_epoch)  # schedules inside a method
-            with accelerator.accumulate(model):
-                _, terms = model(images, targets, teacher_out)
-                loss = distiller.total(terms)
-                accelerator.backward(loss)
-                if o.clip_grad and accelerator.sync_gradients and not _is_deepspeed(accelerator):
-                    accelerator.clip_grad_norm_(model.parameters(), o.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            window.add(terms, loss, t_teacher, _elapsed(t_start, accelerator.device))
+            with accelerator.accumulate(*[s.model for s in students]):
+                for s in students:
+                    t_student = time.perf_counter()
+                    s.distiller.set_epoch(step / data.steps_per_epoch)  # schedules in a method
+                    _, terms = s.model(images, targets, teacher_out)
+                    loss = s.distiller.total(terms)
+                    accelerator.backward(loss)
+                    clip = s.recipe.optim.clip_grad
+                    if clip and accelerator.sync_gradients and not _is_deepspeed(accelerator):
+                        accelerator.clip_grad_norm_(s.model.parameters(), clip)
+                    s.optimizer.step()
+                    s.optimizer.zero_grad(set_to_none=True)
+                    s.window.add(terms, loss, t_teacher,
+                                 t_teacher + _elapsed(t_student, accelerator.device))
             if not accelerator.sync_gradients:
                 continue
 
             step += 1
-            scheduler.step_update(step)
-            if ema is not None:
-                ema.update(student, step=step)
-            lr = optimizer.param_groups[0]["lr"]
-            log.advance({"loss": f"{loss.item():.3f}", "lr": f"{lr:.2e}"})
+            for s in students:
+                s.scheduler.step_update(step)
+                if s.ema is not None:
+                    s.ema.update(s.module.student, step=step)
+            lead = students[0]
+            lr = lead.optimizer.param_groups[0]["lr"]
+            log.advance({"loss": f"{lead.window.last:.3f}", "lr": f"{lr:.2e}"})
             if step % recipe.run.log_every == 0 or step == total_steps:
-                scalars = window.reduce(accelerator, recipe.data.batch_size)
-                scalars.update({"lr": lr, "memory/peak_gb": memory_gb(accelerator.device)})
+                scalars = {"memory/peak_gb": memory_gb(accelerator.device)}
+                for s in students:
+                    scalars.update({s.tag(k): v for k, v in
+                                    s.window.reduce(accelerator, recipe.data.batch_size).items()})
+                    scalars[s.tag("lr")] = s.optimizer.param_groups[0]["lr"]
                 log.scalars(step, scalars)
             if recipe.checkpoint.every_steps and step % recipe.checkpoint.every_steps == 0:
-                checkpoints.save(accelerator, step, ema)
+                checkpoints.save(accelerator, step, emas)
                 saved_step = step
             if step == total_steps:
                 break
@@ -184,27 +236,30 @@ def train(recipe: Recipe) -> TrainResult:
         if epochs_done % recipe.eval.every_epochs == 0:
             run_eval()
         if epochs_done % recipe.checkpoint.every_epochs == 0 and saved_step != step:
-            checkpoints.save(accelerator, step, ema)
+            checkpoints.save(accelerator, step, emas)
             saved_step = step
 
     metrics = run_eval()
     if saved_step != step:
-        checkpoints.save(accelerator, step, ema)
+        checkpoints.save(accelerator, step, emas)
     log.close()
 
-    state = consolidated_state(accelerator, model)
-    export = None
+    exports = {}
+    for s in students:
+        state = consolidated_state(accelerator, s.model)
+        folder = run_dir / "export" / s.name
+        if main:
+            exports[s.name] = export_student(state, s.recipe, data.num_classes, folder)
+            if s.ema is not None:
+                export_student({f"student.{k}": v for k, v in s.ema.module.state_dict().items()},
+                               s.recipe, data.num_classes, folder, stem="student_ema")
     if main:
-        export = export_student(state, recipe, data.num_classes, run_dir / "export")
-        if ema is not None:
-            export_student({f"student.{k}": v for k, v in ema.module.state_dict().items()},
-                           recipe, data.num_classes, run_dir / "export", stem="student_ema")
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     accelerator.wait_for_everyone()
     if teacher is not None:
         teacher.engine = None
     accelerator.free_memory()
-    return TrainResult(run_dir, metrics, export, step)
+    return TrainResult(run_dir, metrics, exports.get(""), step, exports)
 
 
 class _Window:
@@ -214,6 +269,7 @@ class _Window:
         self.reset()
 
     def reset(self) -> None:
+        self.last = float("nan")
         self.sums: dict[str, float] = {}
         self.count, self.teacher_s, self.step_s = 0, 0.0, 0.0
         self.started = time.perf_counter()
@@ -222,6 +278,7 @@ class _Window:
             step_s: float) -> None:
         for name, value in {**terms, "total": total}.items():
             self.sums[name] = self.sums.get(name, 0.0) + value.item()
+        self.last = total.item()
         self.count += 1
         self.teacher_s += teacher_s
         self.step_s += step_s

@@ -1,0 +1,66 @@
+"""Several students in one run: one batch and one teacher forward for all, each trained exactly
+as it would be alone, each with its own optimizer, EMA, checkpoint state and export."""
+
+import pytest
+import torch
+
+from helpers.runs import exported, scalars, train_in_process
+
+STUDENTS = ["students.dkd.distill.method=dkd", "students.dkd.distill.weights={}",
+            "students.dkd.ema.decay=0.9", "students.alone.distill.method=supervised",
+            "students.alone.distill.weights={}", "students.alone.optim.lr=3e-3"]
+SOLO = {"": [], "dkd": ["distill.method=dkd", "distill.weights={}", "ema.decay=0.9"],
+        "alone": ["distill.method=supervised", "distill.weights={}", "optim.lr=3e-3"]}
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory, tiny_run):
+    base = tmp_path_factory.mktemp("students")
+    result = train_in_process(tiny_run(base / "multi", "run.log_every=1", *STUDENTS))
+    return base, result
+
+
+def export_of(run_dir, name: str, stem: str = "student") -> dict:
+    return exported(run_dir, f"{name}/{stem}" if name else stem)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", list(SOLO))
+def test_each_student_trains_as_it_would_alone(multi, tiny_run, name):
+    base, result = multi
+    solo = base / f"solo_{name or 'main'}"
+    train_in_process(tiny_run(solo, "run.log_every=1", *SOLO[name]))
+    assert_same_weights(export_of(result.run_dir, name), exported(solo))
+    prefix = f"{name}/" if name else ""
+    together, alone = scalars(result.run_dir), scalars(solo)
+    assert together[f"{prefix}loss/total"] == alone["loss/total"]
+    assert result.metrics[f"{prefix}eval/top1"] == alone["eval/top1"][8]
+
+
+def test_each_student_has_its_own_exports_and_optimizer(multi):
+    _, result = multi
+    assert set(result.exports) == {"", "dkd", "alone"}
+    assert (result.run_dir / "export" / "dkd" / "student_ema.safetensors").is_file()
+    lrs = scalars(result.run_dir)
+    assert lrs["alone/lr"][1] != lrs["lr"][1]  # alone's own learning rate
+    checkpoint = sorted((result.run_dir / "checkpoints").glob("step_*"))[-1]
+    assert {p.name for p in checkpoint.glob("optimizer*.bin")} == {
+        "optimizer.bin", "optimizer_1.bin", "optimizer_2.bin"}
+    assert (checkpoint / "ema_dkd.safetensors").is_file()
+
+
+def test_interrupted_multi_student_run_resumes_exactly(multi, tiny_run):
+    base, result = multi
+    cut = base / "cut"
+    train_in_process(tiny_run(cut, "run.log_every=1", *STUDENTS, "run.max_steps=3",
+                              "checkpoint.every_steps=3"))
+    resumed = train_in_process(tiny_run(cut, "run.log_every=1", *STUDENTS))
+    assert resumed.steps == 8
+    for name in SOLO:
+        assert_same_weights(export_of(cut, name), export_of(result.run_dir, name))
+    assert_same_weights(export_of(cut, "dkd", "student_ema"),
+                        export_of(result.run_dir, "dkd", "student_ema"))
