@@ -8,6 +8,16 @@ BCE hard-label loss with label smoothing 0.1, drop path 0.05, repeated augmentat
 RandAugment m7 mstd0.5, Mixup 0.2, CutMix 1.0, vanilla KD at T=1 weighted equally with the
 label loss. The teacher's weights come from the Hugging Face hub by its timm name, or from a
 file with teacher.checkpoint=/path/to/weights.safetensors.
+
+The paper's other pairs and lengths are overrides (timm names):
+  teachers  teacher.name=beitv2_base_patch16_224.in1k_ft_in22k_in1k | convnext_xlarge.fb_in22k_ft_in1k
+            | resnet152.a1h_in1k
+  students  student.name=deit_small_patch16_224 | vit_tiny_patch16_224 | convnextv2_tiny
+  epochs    run.epochs=300 | 600 | 1200 | 4800
+  methods   distill.method=dkd | dist | bkd, or all at once beside KD, sharing the teacher:
+            students.dkd.distill.method=dkd students.dist.distill.method=dist
+data.batch_size is the global batch (the learning rate is for it); each process gets
+batch_size / (processes x data.grad_accum).
 """
 
 from scalekd.cli import run_recipe
