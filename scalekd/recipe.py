@@ -104,6 +104,13 @@ class DistillCfg:
     weights: dict[str, float] = field(default_factory=dict)  # per loss term; method defaults
     dkd_warmup_epochs: float = 0.0  # dkd: ramp its TCKD/NCKD weights linearly from 0 over this
     #                                 many epochs; 0: off (mdistiller's ImageNet setting)
+    # scalekd: feature mimicking weight w, split beta*w spatial / (1-beta)*w frequency view
+    # (w=0.14, beta=4/7: the authors' 0.08 / 0.06); beta=1 drops the frequency view
+    dfm_weight: float = 0.14
+    dfm_beta: float = 4 / 7
+    tpp: bool = True  # scalekd: teacher parameter perception (the proxy path)
+    cap_heads: tuple[int, int] = (0, 0)  # scalekd: CAP heads at stage 3, 4; 0: authors' values
+    cap_softmax_scale: float = 5.0  # scalekd: extra factor on the attention logits
 
 
 @dataclass
@@ -345,6 +352,7 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
                 f"distill.weights has {sorted(unknown)}, not terms of {r.distill.method!r}; "
                 f"its terms are {list(method.loss_terms)}"
             )
+        problems += method.recipe_problems(r)
     for label, path in (("teacher.checkpoint", r.teacher.checkpoint),
                         ("student.checkpoint", r.student.checkpoint)):
         if path and not Path(path).is_file():

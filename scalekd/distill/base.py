@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, ClassVar, Optional
 
 import torch
@@ -22,10 +23,26 @@ def register_distiller(name: str) -> Callable[[type["Distiller"]], type["Distill
     return add
 
 
+@dataclass
+class FeatureShapes:
+    """(C, H, W) of the maps a feature method works on, measured on the real models."""
+
+    student: list[tuple[int, int, int]]  # the student's stage-3 and stage-4 taps
+    teacher: dict[str, tuple[int, int, int]]  # "final", "split" (TeacherOutput.features)
+    student_class: str = ""  # the timm class (ResNet, ConvNeXt, ...): per-family defaults
+    student_batch_norm: bool = True  # whether the student normalises with BatchNorm
+
+
 class Distiller(nn.Module):
-    """Holds a method's trainable parts (projectors, if any) and computes its loss terms."""
+    """Holds a method's trainable parts (projectors, if any) and computes its loss terms.
+
+    Terms are named; a term "view.detail" (e.g. "spatial.s3") is logged on its own and weighed
+    by the weight of "view"."""
 
     needs_teacher: ClassVar[bool] = True
+    # methods on features get the student's stage-3/4 maps as `student_features` and the
+    # teacher's feature maps in TeacherOutput.features; their __init__ takes FeatureShapes
+    needs_features: ClassVar[bool] = False
     loss_terms: ClassVar[dict[str, float]] = {}  # term name -> default weight
 
     def __init__(self, recipe: Recipe, num_classes: int):
@@ -40,7 +57,12 @@ class Distiller(nn.Module):
         raise NotImplementedError
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(self.weights[name] * value for name, value in terms.items())
+        return sum(self.weights[name.split(".")[0]] * value for name, value in terms.items())
+
+    @classmethod
+    def recipe_problems(cls, recipe: Recipe) -> list[str]:
+        """The method's own checks of a recipe, run by `validate` before anything is built."""
+        return []
 
     def hard_term(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"hard": the label loss}, or nothing with distill.hard_loss=none (VanillaKD Table 4's
@@ -55,8 +77,10 @@ class Distiller(nn.Module):
         state is derived from the step, so resuming needs nothing saved. Default: no schedule."""
 
 
-def create_distiller(recipe: Recipe, num_classes: int) -> Distiller:
-    return DISTILLERS[recipe.distill.method](recipe, num_classes)
+def create_distiller(recipe: Recipe, num_classes: int,
+                     shapes: Optional[FeatureShapes] = None) -> Distiller:
+    cls = DISTILLERS[recipe.distill.method]
+    return cls(recipe, num_classes, shapes) if cls.needs_features else cls(recipe, num_classes)
 
 
 class HardLabelLoss(nn.Module):

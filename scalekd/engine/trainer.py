@@ -23,13 +23,14 @@ from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
 
 from scalekd.data import SOURCES, build_eval_loader, build_train_data
-from scalekd.distill import Distiller, create_distiller
+from scalekd.distill import DISTILLERS, Distiller, FeatureShapes, create_distiller
 from scalekd.engine.checkpoint import Checkpoints
 from scalekd.engine.distributed import build_accelerator, launched_world_size, shard_teacher
 from scalekd.engine.evaluate import evaluate
 from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog, memory_gb
 from scalekd.models import FrozenTeacher, create_student, create_teacher, data_config
+from scalekd.models.taps import StudentTaps
 from scalekd.models.teacher import TeacherOutput
 from scalekd.recipe import Recipe, recipe_changes, student_recipes, validate
 
@@ -41,14 +42,20 @@ class DistillationModel(nn.Module):
     def __init__(self, student: nn.Module, distiller: Distiller):
         super().__init__()
         self.student, self.distiller = student, distiller
+        self.taps = StudentTaps(student) if distiller.needs_features else None
 
     def forward(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None,
                 teacher: Optional[TeacherOutput] = None):
         # a DeepSpeed bf16/fp16 engine holds the student in that dtype and does not autocast
-        logits = self.student(images.to(next(self.student.parameters()).dtype)).float()
+        images = images.to(next(self.student.parameters()).dtype)
         if targets is None:
-            return logits
-        return logits, self.distiller(logits, teacher, targets)
+            return self.student(images).float()
+        if self.taps is None:
+            logits, features = self.student(images).float(), {}
+        else:
+            logits, maps = self.taps.forward(self.student, images)
+            logits, features = logits.float(), {"student_features": maps}
+        return logits, self.distiller(logits, teacher, targets, **features)
 
 
 @dataclass
@@ -82,13 +89,21 @@ class Student:
         return extract_model_from_parallel(self.model)
 
 
-def build_student(recipe: Recipe, num_classes: int,
-                  steps_per_epoch: int) -> tuple[DistillationModel, torch.optim.Optimizer,
-                                                 Scheduler, Distiller]:
-    distiller = create_distiller(recipe, num_classes)
+def build_student(recipe: Recipe, num_classes: int, steps_per_epoch: int,
+                  teacher_shapes: Optional[dict] = None) -> tuple[DistillationModel,
+                                                                  torch.optim.Optimizer,
+                                                                  Scheduler, Distiller]:
     with torch.random.fork_rng():  # each student starts as it would in a run of its own
         torch.manual_seed(recipe.run.seed)
-        model = DistillationModel(create_student(recipe.student, num_classes), distiller)
+        student = create_student(recipe.student, num_classes)
+        shapes = None
+        if DISTILLERS[recipe.distill.method].needs_features:
+            shapes = FeatureShapes(
+                StudentTaps(student).shapes(student, recipe.data.input_size), teacher_shapes,
+                type(student).__name__,
+                any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules()))
+        distiller = create_distiller(recipe, num_classes, shapes)
+        model = DistillationModel(student, distiller)
     o = recipe.optim
     optimizer = create_optimizer_v2(model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
                                     momentum=o.momentum)
@@ -121,9 +136,24 @@ def train(recipe: Recipe) -> TrainResult:
     val_images = source.load(recipe.data, recipe.data.val_split)
     val_loader = build_eval_loader(recipe, val_images, norm["mean"], norm["std"], rank, world)
 
-    # models: the students (with their optimisers) go through accelerate, the teacher never
+    # models: the teacher first (its feature shapes size the students' projectors); the
+    # students (with their optimisers) go through accelerate, the teacher never
     specs = student_recipes(recipe)
-    built = [build_student(r, data.num_classes, data.steps_per_epoch) for r in specs.values()]
+    methods = [DISTILLERS[r.distill.method] for r in specs.values()]
+    teacher: Optional[FrozenTeacher] = None
+    teacher_shapes = None
+    if any(m.needs_teacher for m in methods):
+        with torch.random.fork_rng():  # the teacher's (discarded) init draws no student RNG
+            teacher = create_teacher(recipe.teacher, data.num_classes, norm["mean"],
+                                     norm["std"], recipe.data.input_size).to(accelerator.device)
+        if any(m.needs_features for m in methods):
+            teacher_shapes = teacher.enable_features(
+                any(r.distill.tpp for r, m in zip(specs.values(), methods) if m.needs_features),
+                accelerator.device)
+        if recipe.teacher.placement == "zero3":
+            shard_teacher(teacher, recipe)
+    built = [build_student(r, data.num_classes, data.steps_per_epoch, teacher_shapes)
+             for r in specs.values()]
     for model, *_ in built:
         _check_cpu_bf16_batchnorm(model, recipe, accelerator)
     n = len(built)
@@ -133,12 +163,6 @@ def train(recipe: Recipe) -> TrainResult:
     for s in students:
         if s.recipe.ema.decay:
             s.ema = ModelEmaV3(s.module.student, decay=s.recipe.ema.decay)
-    teacher: Optional[FrozenTeacher] = None
-    if any(s.distiller.needs_teacher for s in students):
-        teacher = create_teacher(recipe.teacher, data.num_classes, norm["mean"], norm["std"],
-                                 recipe.data.input_size).to(accelerator.device)
-        if recipe.teacher.placement == "zero3":
-            shard_teacher(teacher, recipe)
     emas = {s.name: s.ema for s in students if s.ema is not None}
 
     # resume

@@ -8,20 +8,24 @@ the teacher's mean/std and resized to the teacher's resolution.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from scalekd.models.teacher_stages import TeacherStages
 from scalekd.recipe import TeacherCfg
 
 
 @dataclass
 class TeacherOutput:
     logits: torch.Tensor  # float32
+    # with features enabled: "final" (the last stage after its norm) and "split" (where the
+    # proxy path starts), float32 NCHW maps
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+    proxy: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # TPP: split map -> final
 
 
 class FrozenTeacher(nn.Module):
@@ -36,6 +40,8 @@ class FrozenTeacher(nn.Module):
         self.register_buffer("scale", s_std / t_std, persistent=False)
         self.register_buffer("shift", (s_mean - t_mean) / t_std, persistent=False)
         self.engine = None  # a DeepSpeed inference engine when the teacher is sharded
+        self.stages: Optional[TeacherStages] = None  # set by enable_features
+        self.with_proxy = False
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
         return super().train(False)  # stays in eval mode: BN statistics and dropout frozen
@@ -50,8 +56,22 @@ class FrozenTeacher(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> TeacherOutput:
         runner = self.engine if self.engine is not None else self.model
-        logits = runner(self.prepare_input(images))
-        return TeacherOutput(logits=logits.float())
+        x = self.prepare_input(images)
+        if self.stages is None:
+            return TeacherOutput(logits=runner(x).float())
+        logits, features, proxy = self.stages.forward(self.model, runner, x, self.with_proxy)
+        return TeacherOutput(logits.float(), features, proxy)
+
+    def enable_features(self, with_proxy: bool, device: torch.device) -> dict[str, tuple]:
+        """Return final (and split) feature maps from now on, and with `with_proxy` the proxy
+        path; checks the proxy on a blank image first. Returns the maps' (C, H, W)."""
+        self.stages, self.with_proxy = TeacherStages(self.model), with_proxy
+        size = self.input_size or 224
+        blank = torch.zeros(1, 3, size, size, device=device)
+        if with_proxy:
+            self.stages.check(self.model, self.model, self.prepare_input(blank))
+        features = self(blank).features
+        return {name: tuple(f.shape[1:]) for name, f in features.items()}
 
 
 def _channels(values) -> torch.Tensor:

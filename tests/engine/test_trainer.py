@@ -64,3 +64,28 @@ def test_interrupted_multi_student_run_resumes_exactly(multi, tiny_run):
         assert_same_weights(export_of(cut, name), export_of(result.run_dir, name))
     assert_same_weights(export_of(cut, "dkd", "student_ema"),
                         export_of(result.run_dir, "dkd", "student_ema"))
+
+
+# ScaleKD: projectors train, checkpoint and resume with the student, and stay out of the export
+SCALEKD = ["distill.method=scalekd", "run.log_every=1"]
+
+
+def test_scalekd_projectors_resume_exactly_and_are_not_exported(tmp_path, tiny_run):
+    import timm
+    from safetensors.torch import load_file
+
+    whole = train_in_process(tiny_run(tmp_path / "whole", *SCALEKD))
+    cut = tmp_path / "cut"
+    train_in_process(tiny_run(cut, *SCALEKD, "run.max_steps=3", "checkpoint.every_steps=3"))
+    saved = load_file(str(cut / "checkpoints" / "step_000000003" / "model.safetensors"))
+    assert any(k.startswith("distiller.caps.spatial_s3.") for k in saved)
+    resumed = train_in_process(tiny_run(cut, *SCALEKD))
+    assert resumed.steps == whole.steps == 8
+    assert_same_weights(exported(cut), exported(whole.run_dir))
+    assert scalars(cut)["loss/frequency.s4"][8] == scalars(whole.run_dir)["loss/frequency.s4"][8]
+
+    weights = exported(whole.run_dir)
+    assert not any("distiller" in k or "caps" in k for k in weights)
+    bare = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8,
+                             depth=2)
+    assert bare.load_state_dict(weights, strict=True)  # a plain timm model, nothing left over

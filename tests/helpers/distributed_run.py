@@ -54,7 +54,8 @@ def main(argv: list[str]) -> None:
         return accelerator
 
     def recording_shard_teacher(teacher, recipe):
-        shard_teacher(teacher, recipe)
+        shard_teacher(teacher, recipe)  # before the students are prepared
+        record.setdefault("rank", torch.distributed.get_rank())
         record.update(teacher_engine=type(teacher.engine).__name__,
                       teacher=param_counts(teacher.engine.module))
         _write(recipe, record)

@@ -1,0 +1,99 @@
+"""The teacher's features for feature distillation, and its last stages as a proxy path.
+
+ScaleKD's teacher parameter perception (TPP) runs a projected student map through the teacher's
+own remaining stages. Where they start is read from the model's structure, never from indices:
+- hierarchical teachers (Swin, ConvNeXt, ResNet): the last stage of timm's feature_info, with
+  the down-sampling it opens with; the split point is the output of the stage before it;
+- isotropic teachers (ViT, DeiT, BEiT, DINOv2 with or without registers, EVA): the last quarter
+  of the blocks, the part a hierarchical model's last stage would hold.
+After the remaining stages comes the final norm timm applies in `forward_features` (`norm` or
+`norm_pre`; none on ResNets). The proxy replays each remaining module with the arguments the
+teacher's own pass gave it (BEiT's relative position bias, EVA's rotary embedding, attention
+masks) and with the teacher's own class/register tokens in front of the projected patches.
+`TeacherStages.check` verifies all this on the real model: the proxy fed the teacher's split
+map must give back the teacher's final features.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from scalekd.models.taps import Layout, capture, feature_entries, is_isotropic
+
+FINAL_NORMS = ("norm", "norm_pre")  # what timm calls the norm after the last stage
+
+Proxy = Callable[[torch.Tensor], torch.Tensor]  # split-space map -> final-space map
+
+
+class TeacherStages:
+    def __init__(self, model: nn.Module):
+        entries = feature_entries(model)
+        depth = len(entries)
+        split = depth - max(depth // 4, 1) - 1 if is_isotropic(entries) else depth - 2
+        if split < 0:
+            raise ValueError(f"{type(model).__name__} has a single stage: nothing to split")
+        self.split, self.last = entries[split], entries[-1]
+        self.remaining = _siblings_between(model, self.split["module"], self.last["module"])
+        self.norm_name = next((n for n in FINAL_NORMS if isinstance(getattr(model, n, None),
+                                                                    nn.Module)), None)
+        self.final_name = self.norm_name or self.last["module"]
+
+    def forward(self, model: nn.Module, runner: Callable, images: torch.Tensor,
+                with_proxy: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], Optional[Proxy]]:
+        """The teacher's logits, its split and final maps (float32, NCHW), and the proxy."""
+        hw = tuple(images.shape[-2:])
+        with capture(model, outputs_of=[self.split["module"], self.final_name],
+                     inputs_of=[name for name, _ in self.remaining] if with_proxy else []) as seen:
+            logits = runner(images)
+        split_native = seen.outputs[self.split["module"]]
+        final_native = seen.outputs[self.final_name]
+        split_layout = Layout.of(split_native, model, hw, self.split["reduction"])
+        final_layout = Layout.of(final_native, model, hw, self.last["reduction"])
+        features = {"split": split_layout.to_map(split_native).float(),
+                    "final": final_layout.to_map(final_native).float()}
+        if not with_proxy:
+            return logits, features, None
+        norm = getattr(model, self.norm_name) if self.norm_name else None
+
+        def proxy(fmap: torch.Tensor) -> torch.Tensor:
+            # teacher weights are frozen (requires_grad False); gradients flow through the
+            # activations back to the projector and the student
+            x = split_layout.from_map(fmap.to(split_native.dtype), split_native)
+            for name, module in self.remaining:
+                args, kwargs = seen.inputs[name]
+                x = module(x, *args[1:], **kwargs)
+            if norm is not None:
+                x = norm(x)
+            return final_layout.to_map(x).float()
+
+        return logits, features, proxy
+
+    @torch.no_grad()
+    def check(self, model: nn.Module, runner: Callable, images: torch.Tensor) -> None:
+        """Refuse a teacher whose remaining stages do not rebuild its own final features."""
+        _, features, proxy = self.forward(model, runner, images, with_proxy=True)
+        rebuilt = proxy(features["split"])
+        if rebuilt.shape != features["final"].shape or not torch.allclose(
+                rebuilt, features["final"], rtol=1e-2, atol=1e-2):
+            raise ValueError(
+                f"teacher {type(model).__name__}: running its modules "
+                f"{[n for n, _ in self.remaining]} (+ final norm {self.norm_name}) on its own "
+                f"'{self.split['module']}' output does not reproduce its final features, so the "
+                "proxy path (TPP) would be wrong for it. Set distill.tpp=false for this teacher")
+
+
+def _siblings_between(model: nn.Module, first: str, last: str) -> list[tuple[str, nn.Module]]:
+    """The modules after `first` up to and including `last`, children of one container."""
+    parent, _, first_child = first.rpartition(".")
+    last_parent, _, last_child = last.rpartition(".")
+    if parent != last_parent:
+        raise ValueError(f"stages {first!r} and {last!r} are not in one container; "
+                         "the proxy path cannot follow this model")
+    container = model.get_submodule(parent) if parent else model
+    names = [n for n, _ in container.named_children()]
+    chosen = names[names.index(first_child) + 1: names.index(last_child) + 1]
+    prefix = f"{parent}." if parent else ""
+    return [(prefix + n, container.get_submodule(n)) for n in chosen]
