@@ -121,6 +121,8 @@ class OptimCfg:
     momentum: float = 0.9
     clip_grad: float = 0.0  # max global grad norm; 0: off
     sched: str = "cosine"  # any timm scheduler name
+    decay_epochs: float = 30  # sched=step: multiply the rate by decay_rate every this many epochs
+    decay_rate: float = 0.1
     warmup_epochs: float = 5
     warmup_lr: float = 1e-6
     min_lr: float = 1e-6

@@ -109,7 +109,8 @@ def build_student(recipe: Recipe, num_classes: int, steps_per_epoch: int,
                                     momentum=o.momentum)
     scheduler, _ = create_scheduler_v2(
         optimizer, sched=o.sched, num_epochs=recipe.run.epochs, warmup_epochs=o.warmup_epochs,
-        warmup_lr=o.warmup_lr, min_lr=o.min_lr, step_on_epochs=False,
+        warmup_lr=o.warmup_lr, min_lr=o.min_lr, decay_epochs=o.decay_epochs,
+        decay_rate=o.decay_rate, step_on_epochs=False,
         updates_per_epoch=steps_per_epoch,
     )
     return model, optimizer, scheduler, distiller
@@ -317,6 +318,9 @@ class _Window:
         out["throughput/images_per_s"] = images_per_step * steps / (time.perf_counter()
                                                                      - self.started)
         out["time/teacher_share"] = self.teacher_s / max(self.step_s, 1e-9)
+        # compute seconds per optimiser step: the teacher forward + this student's own forward,
+        # backward and update (students of one run can be compared side by side)
+        out["time/step_s"] = self.step_s / steps
         self.reset()
         return out
 

@@ -1,0 +1,159 @@
+"""Student alone vs vanilla KD vs ScaleKD and its ablations, ViT teacher -> CNN student on
+Fashion-MNIST over seeds; and ScaleKD's step time and memory over vanilla KD.
+
+    python benchmarks/scalekd_methods.py                 # 3 seeds
+    python benchmarks/scalekd_methods.py --seeds 0
+
+The quickstart's data (100 labels per class, 60 epochs over them). Student: MobileNetV3-small-050
+at 64 px (so its stage-4 map is 2x2, not 1x1). Teacher: a small ViT (patch 4 on 32 px: an 8x8
+grid; 4 blocks of width 128), trained once on all 60,000 labels and cached. Per seed one run
+trains every student side by side (`recipe.students`: shared batches, crops and teacher forward,
+so the comparison is paired):
+
+  alone     labels only
+  kd        vanilla KD (T=4, label and KD terms 0.5/0.5, as the quickstart's KD)
+  cap       + CAP projectors, spatial mimicking only   (distill.dfm_beta=1 distill.tpp=false)
+  cap_dfm   + the frequency view (DFM)                 (distill.tpp=false)
+  scalekd   + teacher parameter perception: all of ScaleKD
+
+Overhead, side by side: the step time each student logged in that same run (`time/step_s`: the
+teacher forward plus the student's own forward, backward and update, on the same batches, one
+after the other), and per-step training memory of kd and scalekd on one batch: parameters,
+gradients and AdamW states of everything trained, plus the activations autograd keeps for the
+backward pass, counted exactly with saved-tensor hooks (the teacher's own weights, resident for
+both, are left out). Prints both tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import runpy
+import statistics
+from pathlib import Path
+
+import torch
+
+from scalekd.cli import run_recipe
+from scalekd.recipe import Recipe, apply_overrides
+
+QUICKSTART = runpy.run_path(str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.py"))
+ROOT = "runs/bench_scalekd"
+VIT = {"img_size": 32, "patch_size": 4, "embed_dim": 128, "depth": 4, "num_heads": 4}
+STUDENTS = {  # beside the recipe's own student, scalekd
+    "alone": {"distill.method": "supervised", "distill.weights": {}},
+    "kd": {"distill.method": "kd"},
+    "cap": {"distill.dfm_beta": 1.0, "distill.tpp": False},
+    "cap_dfm": {"distill.tpp": False},
+}
+ORDER = ["alone", "kd", "cap", "cap_dfm", "scalekd"]
+
+
+def scalekd_recipe() -> Recipe:
+    return apply_overrides(QUICKSTART["recipe"](), [
+        f"run.dir={ROOT}/{{name}}", "data.input_size=64", "distill.method=scalekd",
+        "teacher.name=vit_tiny_patch16_224", f"teacher.kwargs={VIT}", "teacher.input_size=32",
+        f"teacher.checkpoint={ROOT}/teacher/export/student.safetensors",
+    ])
+
+
+def teacher_recipe(distilled: Recipe) -> Recipe:
+    """The ViT trained alone on every label at its own 32 px, 4 epochs."""
+    return apply_overrides(QUICKSTART["teacher_recipe"](distilled), [
+        "data.input_size=32", "run.epochs=4", "optim.lr=1e-3", "optim.warmup_epochs=0.3"])
+
+
+def step_memory(recipe: Recipe, teacher, teacher_shapes: dict, images: torch.Tensor,
+                targets: torch.Tensor) -> dict:
+    """Bytes of one training step of `recipe`'s student: trained state and saved activations."""
+    from scalekd.engine.trainer import build_student
+
+    model, *_ = build_student(recipe, 10, 1, teacher_shapes)
+    model.train()
+    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    weights = {p.data_ptr() for m in (model, teacher) for p in m.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in weights:  # weights saved by an op are no extra memory
+            seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(images, targets, teacher(images))
+    return {"state": 4 * trained, "activations": sum(seen.values())}  # param, grad, 2 AdamW
+
+
+def memory_table(recipe: Recipe) -> dict[str, dict]:
+    from scalekd.models import create_teacher, data_config
+
+    norm = data_config(recipe.student.name)
+    teacher = create_teacher(recipe.teacher, 10, norm["mean"], norm["std"],
+                             recipe.data.input_size)
+    shapes = teacher.enable_features(True, torch.device("cpu"))
+    torch.manual_seed(0)
+    images = torch.randn(recipe.data.batch_size, 3, recipe.data.input_size,
+                         recipe.data.input_size)
+    targets = torch.randint(0, 10, (recipe.data.batch_size,))
+    kd = apply_overrides(recipe, ["distill.method=kd"])
+    return {"kd": step_memory(kd, teacher, shapes, images, targets),
+            "scalekd": step_memory(recipe, teacher, shapes, images, targets)}
+
+
+def logged(run_dir: Path, tag: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = []
+    for events in sorted((run_dir / "tb").glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            values += [e.value for e in acc.Scalars(tag)]
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args()
+
+    base = scalekd_recipe()
+    if not Path(base.teacher.checkpoint).is_file():
+        run_recipe(teacher_recipe(base), [])
+    top1: dict[str, list[float]] = {name: [] for name in ORDER}
+    step_ratio: list[float] = []
+    for seed in args.seeds:
+        recipe = apply_overrides(base, [f"run.seed={seed}", f"run.name=seed{seed}",
+                                        "eval.every_epochs=1000"])
+        recipe.students = STUDENTS
+        result = run_recipe(recipe, [])
+        for name in ORDER:
+            top1[name].append(result.metrics["eval/top1" if name == "scalekd"
+                                             else f"{name}/eval/top1"])
+        # per logging window, skipping the first (start-up); same batches for both students
+        kd_s, sk_s = (logged(result.run_dir, t)[1:] for t in ("kd/time/step_s", "time/step_s"))
+        step_ratio.append(statistics.median(s / k for s, k in zip(sk_s, kd_s)))
+
+    print(f"\nFashion-MNIST test top-1, ViT teacher ({VIT}) -> {base.student.name} at "
+          f"{base.data.input_size} px, {base.data.labels_per_class} labels per class, "
+          f"seeds {args.seeds}")
+    print(f"  {'student':<9}{'mean':>8}{'std':>7}  per seed")
+    for name in ORDER:
+        values = top1[name]
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"  {name:<9}{statistics.mean(values):>8.2f}{std:>7.2f}  "
+              + " ".join(f"{v:.2f}" for v in values))
+
+    memory = memory_table(base)
+    print(f"\nScaleKD over vanilla KD, batch {base.data.batch_size}:")
+    print("  step time (teacher forward + student step), median ratio per seed: "
+          + " ".join(f"{r:.2f}x" for r in step_ratio))
+    print(f"  {'memory (MB)':<26}{'kd':>8}{'scalekd':>9}{'ratio':>7}")
+    for part in ("state", "activations"):
+        kd, sk = memory["kd"][part] / 2**20, memory["scalekd"][part] / 2**20
+        print(f"  {part:<26}{kd:>8.1f}{sk:>9.1f}{sk / kd:>6.2f}x")
+    kd_total, sk_total = (sum(memory[m].values()) / 2**20 for m in ("kd", "scalekd"))
+    print(f"  {'total':<26}{kd_total:>8.1f}{sk_total:>9.1f}{sk_total / kd_total:>6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
