@@ -36,6 +36,10 @@ class RunCfg:
     precision: str = "no"  # student mixed precision: no | bf16 | fp16
     log_every: int = 10  # steps between TensorBoard scalar writes
     max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs); for smoke runs
+    # end this job early, checkpointed, to be resumed by the next one (0: off): before this many
+    # seconds of wall clock (a scheduler's time limit), or after this many steps (job chains)
+    time_budget_s: float = 0.0
+    steps_per_job: int = 0
 
     @property
     def path(self) -> Path:

@@ -83,7 +83,8 @@ def test_scalekd_pairs_validate_and_name_what_is_missing():
                 raise AssertionError("the DINOv2 pair needs a probed teacher checkpoint")
         else:
             validate(synthetic)
-    advanced, traditional = SCALEKD["recipe"]("swinl_r50"), SCALEKD["recipe"]("swinl_r50_traditional")
+    advanced = SCALEKD["recipe"]("swinl_r50")
+    traditional = SCALEKD["recipe"]("swinl_r50_traditional")
     assert (advanced.optim.name, advanced.optim.lr, advanced.optim.weight_decay,
             advanced.optim.clip_grad, advanced.aug.re_prob) == ("lamb", 5e-3, 0.02, 5.0, 0.25)
     assert (advanced.distill.dfm_weight * advanced.distill.dfm_beta) == pytest.approx(0.08)

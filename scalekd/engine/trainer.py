@@ -9,6 +9,7 @@ backward -> step -> log, evaluate and checkpoint on schedule.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,14 @@ from scalekd.engine.distributed import build_accelerator, launched_world_size, s
 from scalekd.engine.evaluate import evaluate
 from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog, memory_gb
+from scalekd.engine.stopping import StopRequests
 from scalekd.models import FrozenTeacher, create_student, create_teacher, data_config
 from scalekd.models.taps import StudentTaps
 from scalekd.models.teacher import TeacherOutput
 from scalekd.recipe import Recipe, recipe_changes, student_recipes, validate
+
+
+FINISHED = "FINISHED"  # marker file in the run folder once the whole schedule is done
 
 
 class DistillationModel(nn.Module):
@@ -65,6 +70,7 @@ class TrainResult:
     export: Optional[Path] = None  # the recipe's own student
     steps: int = 0
     exports: dict[str, Path] = field(default_factory=dict)  # every student, by name
+    finished: bool = True  # False: stopped early (signal, time budget, steps_per_job)
 
 
 @dataclass
@@ -117,6 +123,7 @@ def build_student(recipe: Recipe, num_classes: int, steps_per_epoch: int,
 
 
 def train(recipe: Recipe) -> TrainResult:
+    started = time.monotonic()  # run.time_budget_s counts from here
     validate(recipe, launched_world_size())
     accelerator = build_accelerator(recipe)
     set_seed(recipe.run.seed)
@@ -127,6 +134,8 @@ def train(recipe: Recipe) -> TrainResult:
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         recipe_file.write_text(json.dumps(recipe.to_dict(), indent=2))
+        # the batch shell forwards the scheduler's signal here (slurm/train.sbatch)
+        (run_dir / "trainer.pid").write_text(f"{os.getpid()}\n")
 
     # data: student normalisation; the teacher re-normalises the same augmented pixels
     source = SOURCES[recipe.data.source]
@@ -205,64 +214,87 @@ def train(recipe: Recipe) -> TrainResult:
                   + ", ".join(f"{k} {v:.2f}" for k, v in out.items()))
         return out
 
-    saved_step = step if resume_from else -1
-    while step < total_steps:
-        for s in students:
-            s.model.train()
-        for images, targets in data.epoch(step // data.steps_per_epoch,
-                                          step % data.steps_per_epoch):
-            t_start = time.perf_counter()
-            images = images.to(accelerator.device, non_blocking=True)
-            targets = targets.to(accelerator.device, non_blocking=True)
-            if data.mixup is not None:  # one mixed batch for teacher and students alike
-                images, targets = data.mixup(images, targets)
-            teacher_out = teacher(images) if teacher is not None else None
-            t_teacher = _elapsed(t_start, accelerator.device)
-            with accelerator.accumulate(*[s.model for s in students]):
-                for s in students:
-                    t_student = time.perf_counter()
-                    s.distiller.set_epoch(step / data.steps_per_epoch)  # schedules in a method
-                    _, terms = s.model(images, targets, teacher_out)
-                    loss = s.distiller.total(terms)
-                    accelerator.backward(loss)
-                    clip = s.recipe.optim.clip_grad
-                    if clip and accelerator.sync_gradients and not _is_deepspeed(accelerator):
-                        accelerator.clip_grad_norm_(s.model.parameters(), clip)
-                    s.optimizer.step()
-                    s.optimizer.zero_grad(set_to_none=True)
-                    s.window.add(terms, loss, t_teacher,
-                                 t_teacher + _elapsed(t_student, accelerator.device))
-            if not accelerator.sync_gradients:
-                continue
-
-            step += 1
+    # a signal, the time budget or steps_per_job ends this job early, checkpointed at a step
+    # boundary that every rank agrees on; the next job resumes from there
+    stops = StopRequests(recipe.run.time_budget_s, recipe.run.steps_per_job, accelerator.device,
+                         spent_s=time.monotonic() - started)
+    with stops:
+        saved_step = step if resume_from else -1
+        stop, step_s, save_s, job_start = None, 0.0, 0.0, step
+        t_step = time.perf_counter()
+        while step < total_steps:
             for s in students:
-                s.scheduler.step_update(step)
-                if s.ema is not None:
-                    s.ema.update(s.module.student, step=step)
-            lead = students[0]
-            lr = lead.optimizer.param_groups[0]["lr"]
-            log.advance({"loss": f"{lead.window.last:.3f}", "lr": f"{lr:.2e}"})
-            if step % recipe.run.log_every == 0 or step == total_steps:
-                scalars = {"memory/peak_gb": memory_gb(accelerator.device)}
+                s.model.train()
+            for images, targets in data.epoch(step // data.steps_per_epoch,
+                                              step % data.steps_per_epoch):
+                t_start = time.perf_counter()
+                images = images.to(accelerator.device, non_blocking=True)
+                targets = targets.to(accelerator.device, non_blocking=True)
+                if data.mixup is not None:  # one mixed batch for teacher and students alike
+                    images, targets = data.mixup(images, targets)
+                teacher_out = teacher(images) if teacher is not None else None
+                t_teacher = _elapsed(t_start, accelerator.device)
+                with accelerator.accumulate(*[s.model for s in students]):
+                    for s in students:
+                        t_student = time.perf_counter()
+                        s.distiller.set_epoch(step / data.steps_per_epoch)  # for schedules
+                        _, terms = s.model(images, targets, teacher_out)
+                        loss = s.distiller.total(terms)
+                        accelerator.backward(loss)
+                        clip = s.recipe.optim.clip_grad
+                        if clip and accelerator.sync_gradients and not _is_deepspeed(accelerator):
+                            accelerator.clip_grad_norm_(s.model.parameters(), clip)
+                        s.optimizer.step()
+                        s.optimizer.zero_grad(set_to_none=True)
+                        s.window.add(terms, loss, t_teacher,
+                                     t_teacher + _elapsed(t_student, accelerator.device))
+                if not accelerator.sync_gradients:
+                    continue
+
+                step += 1
                 for s in students:
-                    scalars.update({s.tag(k): v for k, v in
-                                    s.window.reduce(accelerator, recipe.data.batch_size).items()})
-                    scalars[s.tag("lr")] = s.optimizer.param_groups[0]["lr"]
-                log.scalars(step, scalars)
-            if recipe.checkpoint.every_steps and step % recipe.checkpoint.every_steps == 0:
-                checkpoints.save(accelerator, step, emas)
+                    s.scheduler.step_update(step)
+                    if s.ema is not None:
+                        s.ema.update(s.module.student, step=step)
+                lead = students[0]
+                lr = lead.optimizer.param_groups[0]["lr"]
+                log.advance({"loss": f"{lead.window.last:.3f}", "lr": f"{lr:.2e}"})
+                if step % recipe.run.log_every == 0 or step == total_steps:
+                    scalars = {"memory/peak_gb": memory_gb(accelerator.device)}
+                    for s in students:
+                        window = s.window.reduce(accelerator, recipe.data.batch_size)
+                        scalars.update({s.tag(k): v for k, v in window.items()})
+                        scalars[s.tag("lr")] = s.optimizer.param_groups[0]["lr"]
+                    log.scalars(step, scalars)
+                if recipe.checkpoint.every_steps and step % recipe.checkpoint.every_steps == 0:
+                    save_s = _timed(checkpoints.save, accelerator, step, emas)
+                    saved_step = step
+                step_s, t_step = time.perf_counter() - t_step, time.perf_counter()
+                if step == total_steps:
+                    break
+                stop = stops.reason(step - job_start, step_s, save_s)
+                if stop:
+                    break
+            epochs_done = step // data.steps_per_epoch
+            if step == total_steps or step % data.steps_per_epoch:
+                break  # the schedule's end, or a stop within an epoch
+            if epochs_done % recipe.eval.every_epochs == 0:
+                run_eval()
+            if epochs_done % recipe.checkpoint.every_epochs == 0 and saved_step != step:
+                save_s = _timed(checkpoints.save, accelerator, step, emas)
                 saved_step = step
-            if step == total_steps:
+            if stop:  # at an epoch's end: after its evaluation, as an uninterrupted run
                 break
-        epochs_done = step // data.steps_per_epoch
-        if step == total_steps or step % data.steps_per_epoch:
-            break
-        if epochs_done % recipe.eval.every_epochs == 0:
-            run_eval()
-        if epochs_done % recipe.checkpoint.every_epochs == 0 and saved_step != step:
+
+    if stop:
+        if saved_step != step:
             checkpoints.save(accelerator, step, emas)
-            saved_step = step
+        log.print(f"stopping at step {step} of {total_steps} ({stop}); checkpointed, resume by "
+                  "running the same command again")
+        log.close()
+        accelerator.wait_for_everyone()
+        _release(teacher, accelerator)
+        return TrainResult(run_dir, {}, None, step, {}, finished=False)
 
     metrics = run_eval()
     if saved_step != step:
@@ -280,11 +312,22 @@ def train(recipe: Recipe) -> TrainResult:
                                s.recipe, data.num_classes, folder, stem="student_ema")
     if main:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (run_dir / FINISHED).write_text(f"{step}\n")  # the schedule is done: no more requeues
     accelerator.wait_for_everyone()
+    _release(teacher, accelerator)
+    return TrainResult(run_dir, metrics, exports.get(""), step, exports)
+
+
+def _release(teacher: Optional[FrozenTeacher], accelerator) -> None:
     if teacher is not None:
         teacher.engine = None
     accelerator.free_memory()
-    return TrainResult(run_dir, metrics, exports.get(""), step, exports)
+
+
+def _timed(fn, *args) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
 
 
 class _Window:

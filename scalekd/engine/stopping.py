@@ -1,0 +1,63 @@
+"""Stopping a job early and cleanly: on a signal, before a time budget runs out, or after a set
+number of steps, always at a step boundary and with a checkpoint.
+
+Slurm (or the batch shell forwarding `--signal=B:USR1@grace`) sends SIGUSR1 or SIGTERM to the
+trainer; often only rank 0 gets it. Every rank therefore takes part in a max all-reduce of its
+stop flag after each optimiser step, and all stop after the same step: no rank is left waiting in
+a collective that the others never enter. The handler itself only sets a flag (saving from
+inside a signal handler could interrupt a collective halfway).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+_clock = time.monotonic  # a seam for tests
+
+
+class StopRequests:
+    def __init__(self, time_budget_s: float, steps_per_job: int, device: torch.device,
+                 spent_s: float = 0.0):
+        """`spent_s`: seconds the job already took before (the budget counts them)."""
+        self.time_budget_s, self.steps_per_job, self.device = time_budget_s, steps_per_job, device
+        self.started = _clock() - spent_s
+        self.received: Optional[str] = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.received = signal.Signals(signum).name
+
+    def reason(self, steps_this_job: int, step_s: float, save_s: float) -> Optional[str]:
+        """Why to stop after this step (agreed by all ranks), or None to go on. `step_s` and
+        `save_s`: the latest step and checkpoint durations, the margin the budget keeps."""
+        local = None
+        if self.received:
+            local = f"received {self.received}"
+        elif self.steps_per_job and steps_this_job >= self.steps_per_job:
+            local = f"run.steps_per_job={self.steps_per_job} reached"
+        elif self.time_budget_s:
+            left = self.time_budget_s - (_clock() - self.started)
+            if left < 2 * step_s + 2 * save_s:  # room for one more step and a checkpoint
+                local = f"run.time_budget_s={self.time_budget_s:g} nearly spent"
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return local
+        flag = torch.tensor([1.0 if local else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return local or ("another rank stops" if flag.item() else None)
