@@ -143,6 +143,7 @@ class CheckpointCfg:
     every_epochs: int = 1
     keep: int = 3
     resume: str = "auto"  # auto: latest complete checkpoint of run.dir | never | a checkpoint folder
+    on_error: str = "stop"  # a checkpoint that cannot be written (disk full): stop | continue
 
 
 @dataclass
@@ -416,6 +417,10 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         (r.data.input_size >= 8, f"data.input_size={r.data.input_size} is too small"),
         (r.checkpoint.resume in ("auto", "never") or Path(r.checkpoint.resume).is_dir(),
          f"checkpoint.resume={r.checkpoint.resume!r} must be auto, never or a checkpoint folder"),
+        (r.checkpoint.on_error in ("stop", "continue"),
+         "checkpoint.on_error must be stop or continue"),
+        (r.run.time_budget_s >= 0 and r.run.steps_per_job >= 0,
+         "run.time_budget_s and run.steps_per_job must be >= 0 (0: off)"),
     ]
     problems += [msg for ok, msg in checks if not ok]
 

@@ -1,8 +1,11 @@
 """Checkpoints that a crash, kill or preemption cannot corrupt.
 
-Each checkpoint is written by every process into `.tmp-step_N`, finished with a COMPLETE marker,
-then renamed to `step_N` in one atomic step; only complete folders are ever resumed from, the
-last `keep` are kept, and leftovers of an interrupted write are removed at the next start.
+Each checkpoint is written by every process into `.tmp-step_N`, finished with a COMPLETE marker
+that lists every file and its size, then renamed to `step_N` in one atomic step. Only folders
+whose marker matches what is on disk are resumed from (others are skipped with a warning naming
+them), the last `keep` are kept, and leftovers of an interrupted write are removed at the next
+start. A write that fails (a full disk) is reported, removed, and leaves the previous checkpoint
+as the one to resume from; `checkpoint.on_error` says whether training goes on or stops.
 The model/optimizer/RNG/scaler state is accelerate's (sharded files under DeepSpeed); our own
 state (step, EMA) is JSON and safetensors so that nothing needs unpickling. Whatever does need
 torch.load is read with weights_only=True, DeepSpeed's files included (see
@@ -11,6 +14,7 @@ torch.load is read with weights_only=True, DeepSpeed's files included (see
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -19,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
@@ -26,20 +31,25 @@ MARKER = "COMPLETE"
 PREFIX = "step_"
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the previous complete one is intact."""
+
+
 class Checkpoints:
     def __init__(self, folder: Path, keep: int):
         self.folder, self.keep = Path(folder), keep
 
     def complete(self) -> list[Path]:
-        """Complete checkpoints, oldest first; incomplete ones are reported and skipped."""
+        """Complete checkpoints, oldest first; others are reported and skipped."""
         if not self.folder.is_dir():
             return []
         found = []
         for path in self.folder.glob(f"{PREFIX}*"):
-            if (path / MARKER).is_file():
-                found.append(path)
+            problem = _problem(path)
+            if problem:
+                warnings.warn(f"skipping checkpoint {path}: {problem}")
             else:
-                warnings.warn(f"skipping checkpoint {path}: it has no {MARKER} marker")
+                found.append(path)
         return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
     def latest(self) -> Optional[Path]:
@@ -53,19 +63,35 @@ class Checkpoints:
         accelerator.wait_for_everyone()
 
     def save(self, accelerator: Accelerator, step: int, emas: dict[str, torch.nn.Module]) -> Path:
+        """Write the checkpoint of `step`; raises CheckpointWriteError on every rank if any
+        rank failed to write its part (the half-written folder is removed)."""
         final = self.folder / f"{PREFIX}{step:09d}"
         tmp = self.folder / f".tmp-{final.name}"
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            tmp.mkdir(parents=True, exist_ok=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
+        failure = None
+        try:
+            accelerator.save_state(str(tmp))
+            if accelerator.is_main_process:
+                for name, ema in emas.items():
+                    save_file(_plain(ema.state_dict()), tmp / _ema_file(name))
+                _write_synced(tmp / "trainer_state.json", json.dumps({"step": step}))
+        except OSError as err:
+            failure = err
+        if _any_rank(failure is not None, accelerator):
+            if accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+            previous = self.latest()
+            cause = ("no space left on device" if getattr(failure, "errno", None) == errno.ENOSPC
+                     else f"{type(failure).__name__}: {failure}" if failure else "another rank")
+            raise CheckpointWriteError(
+                f"could not write the checkpoint of step {step} in {self.folder} ({cause}); "
+                f"the last complete checkpoint, {previous or 'none'}, is intact. Free space "
+                "or point run.dir elsewhere; checkpoint.on_error=continue keeps training")
         if accelerator.is_main_process:
-            for name, ema in emas.items():
-                save_file(_plain(ema.state_dict()), tmp / _ema_file(name))
-            _write_synced(tmp / "trainer_state.json", json.dumps({"step": step}))
-            _write_synced(tmp / MARKER, "")
+            _write_synced(tmp / MARKER, json.dumps(_manifest(tmp), indent=1))
             if final.exists():  # a re-save of the same step (resume right after a save)
                 shutil.rmtree(final)
             os.rename(tmp, final)
@@ -125,6 +151,40 @@ def _weights_only_engine(current):
     engine = WeightsOnlyTorchCheckpointEngine.__new__(WeightsOnlyTorchCheckpointEngine)
     engine.__dict__.update(current.__dict__)
     return engine
+
+
+def _manifest(folder: Path) -> dict[str, int]:
+    """Every file under `folder` (relative path -> size), the marker excepted."""
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MARKER}
+
+
+def _problem(path: Path) -> Optional[str]:
+    """Why the checkpoint folder `path` cannot be trusted, or None."""
+    if not (path / MARKER).is_file():
+        return f"it has no {MARKER} marker"
+    try:
+        listed = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError) as err:
+        return f"its {MARKER} marker is unreadable ({err})"
+    if not isinstance(listed, dict) or not listed:
+        return f"its {MARKER} marker lists no files"
+    on_disk = _manifest(path)
+    missing = sorted(set(listed) - set(on_disk))
+    if missing:
+        return f"files listed in {MARKER} are missing: {', '.join(missing)}"
+    changed = sorted(f for f in listed if on_disk[f] != listed[f])
+    if changed:
+        return f"files differ in size from {MARKER}: {', '.join(changed)}"
+    return None
+
+
+def _any_rank(flag: bool, accelerator: Accelerator) -> bool:
+    if not (dist.is_available() and dist.is_initialized() and accelerator.num_processes > 1):
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def _ema_file(student: str) -> str:

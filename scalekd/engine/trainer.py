@@ -25,7 +25,7 @@ from timm.utils import ModelEmaV3
 
 from scalekd.data import SOURCES, build_eval_loader, build_train_data
 from scalekd.distill import DISTILLERS, Distiller, FeatureShapes, create_distiller
-from scalekd.engine.checkpoint import Checkpoints
+from scalekd.engine.checkpoint import Checkpoints, CheckpointWriteError
 from scalekd.engine.distributed import build_accelerator, launched_world_size, shard_teacher
 from scalekd.engine.evaluate import evaluate
 from scalekd.engine.export import consolidated_state, export_student
@@ -214,13 +214,26 @@ def train(recipe: Recipe) -> TrainResult:
                   + ", ".join(f"{k} {v:.2f}" for k, v in out.items()))
         return out
 
+    saved_step, save_s = (step if resume_from else -1), 0.0
+
+    def save_checkpoint() -> None:
+        nonlocal saved_step, save_s
+        t_save = time.perf_counter()
+        try:
+            checkpoints.save(accelerator, step, emas)
+            saved_step = step
+        except CheckpointWriteError as err:
+            if recipe.checkpoint.on_error == "stop":
+                raise
+            log.print(f"warning: {err}; training goes on (checkpoint.on_error=continue)")
+        save_s = time.perf_counter() - t_save
+
     # a signal, the time budget or steps_per_job ends this job early, checkpointed at a step
     # boundary that every rank agrees on; the next job resumes from there
     stops = StopRequests(recipe.run.time_budget_s, recipe.run.steps_per_job, accelerator.device,
                          spent_s=time.monotonic() - started)
     with stops:
-        saved_step = step if resume_from else -1
-        stop, step_s, save_s, job_start = None, 0.0, 0.0, step
+        stop, step_s, job_start = None, 0.0, step
         t_step = time.perf_counter()
         while step < total_steps:
             for s in students:
@@ -267,8 +280,7 @@ def train(recipe: Recipe) -> TrainResult:
                         scalars[s.tag("lr")] = s.optimizer.param_groups[0]["lr"]
                     log.scalars(step, scalars)
                 if recipe.checkpoint.every_steps and step % recipe.checkpoint.every_steps == 0:
-                    save_s = _timed(checkpoints.save, accelerator, step, emas)
-                    saved_step = step
+                    save_checkpoint()
                 step_s, t_step = time.perf_counter() - t_step, time.perf_counter()
                 if step == total_steps:
                     break
@@ -281,14 +293,13 @@ def train(recipe: Recipe) -> TrainResult:
             if epochs_done % recipe.eval.every_epochs == 0:
                 run_eval()
             if epochs_done % recipe.checkpoint.every_epochs == 0 and saved_step != step:
-                save_s = _timed(checkpoints.save, accelerator, step, emas)
-                saved_step = step
+                save_checkpoint()
             if stop:  # at an epoch's end: after its evaluation, as an uninterrupted run
                 break
 
     if stop:
         if saved_step != step:
-            checkpoints.save(accelerator, step, emas)
+            save_checkpoint()
         log.print(f"stopping at step {step} of {total_steps} ({stop}); checkpointed, resume by "
                   "running the same command again")
         log.close()
@@ -298,7 +309,7 @@ def train(recipe: Recipe) -> TrainResult:
 
     metrics = run_eval()
     if saved_step != step:
-        checkpoints.save(accelerator, step, emas)
+        save_checkpoint()
     log.close()
 
     exports = {}
@@ -322,12 +333,6 @@ def _release(teacher: Optional[FrozenTeacher], accelerator) -> None:
     if teacher is not None:
         teacher.engine = None
     accelerator.free_memory()
-
-
-def _timed(fn, *args) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
 
 
 class _Window:

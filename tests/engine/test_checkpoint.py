@@ -40,3 +40,63 @@ def test_incomplete_and_partial_are_never_resumed(tmp_path, accelerator):
     ckpts.remove_partial(acc)
     assert not (tmp_path / ".tmp-step_000000009").exists()
     assert (ckpts.latest() / MARKER).is_file()
+
+
+def test_a_folder_that_does_not_match_its_marker_is_skipped(tmp_path, accelerator):
+    acc, _ = accelerator
+    ckpts = Checkpoints(tmp_path, keep=5)
+    ckpts.save(acc, 1, emas={})
+    missing, truncated, garbled = (ckpts.save(acc, step, emas={}) for step in (2, 3, 4))
+    (missing / "trainer_state.json").unlink()
+    with open(truncated / "model.safetensors", "r+b") as f:
+        f.truncate(10)
+    (garbled / MARKER).write_text("{not json")
+    with pytest.warns(UserWarning) as warned:
+        assert ckpts.latest().name == "step_000000001"
+    text = "\n".join(str(w.message) for w in warned)
+    assert "step_000000002: files listed in COMPLETE are missing: trainer_state.json" in text
+    assert "step_000000003: files differ in size from COMPLETE: model.safetensors" in text
+    assert "step_000000004: its COMPLETE marker is unreadable" in text
+
+
+def test_disk_full_is_reported_and_leaves_the_last_checkpoint(tmp_path, accelerator,
+                                                               monkeypatch):
+    import errno
+
+    from scalekd.engine.checkpoint import CheckpointWriteError
+
+    acc, _ = accelerator
+    ckpts = Checkpoints(tmp_path, keep=3)
+    good = ckpts.save(acc, 1, emas={})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(acc, "save_state", full)
+    with pytest.raises(CheckpointWriteError, match="step 2 .*no space left on device.*"
+                       "step_000000001, is intact"):
+        ckpts.save(acc, 2, emas={})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [good.name]  # nothing half-written
+    assert ckpts.latest() == good
+
+
+def test_training_goes_on_or_stops_when_a_checkpoint_cannot_be_written(tmp_path, tiny_run,
+                                                                        monkeypatch):
+    import errno
+
+    from helpers.runs import train_in_process
+    from scalekd.engine.checkpoint import CheckpointWriteError
+
+    real_save = Checkpoints.save
+
+    def full_after_first(self, accelerator, step, emas):
+        if step > 4:
+            raise CheckpointWriteError(f"step {step}: {errno.errorcode[errno.ENOSPC]}")
+        return real_save(self, accelerator, step, emas)
+
+    monkeypatch.setattr(Checkpoints, "save", full_after_first)
+    on = train_in_process(tiny_run(tmp_path / "on", "checkpoint.on_error=continue"))
+    assert on.finished and on.steps == 8
+    with pytest.raises(CheckpointWriteError):
+        train_in_process(tiny_run(tmp_path / "off"))
+    assert [p.name for p in (tmp_path / "off" / "checkpoints").iterdir()] == ["step_000000004"]
