@@ -77,7 +77,9 @@ class Checkpoints:
             if accelerator.is_main_process:
                 for name, ema in emas.items():
                     save_file(_plain(ema.state_dict()), tmp / _ema_file(name))
-                _write_synced(tmp / "trainer_state.json", json.dumps({"step": step}))
+                _write_synced(tmp / "trainer_state.json", json.dumps(
+                    {"step": step, "world_size": accelerator.num_processes,
+                     "deepspeed": accelerator.state.deepspeed_plugin is not None}))
         except OSError as err:
             failure = err
         if _any_rank(failure is not None, accelerator):
@@ -102,7 +104,22 @@ class Checkpoints:
 
     @staticmethod
     def load(accelerator: Accelerator, path: Path, emas: dict[str, torch.nn.Module]) -> int:
-        """Restore everything saved at `path`; returns the optimiser step to continue from."""
+        """Restore everything saved at `path`; returns the optimiser step to continue from.
+
+        A DDP checkpoint resumes onto any number of processes: the model and optimiser state
+        are whole in it, and the data order follows the global batch (samples are dealt to
+        processes by global position), so only the per-process RNG of processes the writing
+        run did not have starts fresh (it drives dropout and drop-path only). A DeepSpeed
+        checkpoint holds one optimiser shard per process and needs the same count."""
+        saved = json.loads((path / "trainer_state.json").read_text())
+        world, now = saved.get("world_size", accelerator.num_processes), accelerator.num_processes
+        deepspeed = saved.get("deepspeed") or accelerator.state.deepspeed_plugin is not None
+        if world != now and deepspeed:
+            raise ValueError(
+                f"checkpoint {path} was written by {world} process(es) and this run has {now}, "
+                "under DeepSpeed, whose ZeRO state is one shard per process. Resume with "
+                f"{world} process(es), or convert the checkpoint with DeepSpeed's "
+                "ds_to_universal (not automated here yet)")
         load_deepspeed_weights_only(accelerator)
         accelerator.load_state(str(path))
         for name, ema in emas.items():
