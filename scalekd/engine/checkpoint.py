@@ -14,6 +14,7 @@ torch.load is read with weights_only=True, DeepSpeed's files included (see
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import os
@@ -29,6 +30,8 @@ from safetensors.torch import load_file, save_file
 
 MARKER = "COMPLETE"
 PREFIX = "step_"
+UNIVERSAL = "universal"  # a DeepSpeed checkpoint converted for another process count
+DEEPSPEED_TAG = "pytorch_model"  # the folder accelerate's save_state gives DeepSpeed's files
 
 
 class CheckpointWriteError(RuntimeError):
@@ -110,21 +113,60 @@ class Checkpoints:
         are whole in it, and the data order follows the global batch (samples are dealt to
         processes by global position), so only the per-process RNG of processes the writing
         run did not have starts fresh (it drives dropout and drop-path only). A DeepSpeed
-        checkpoint holds one optimiser shard per process and needs the same count."""
-        saved = json.loads((path / "trainer_state.json").read_text())
-        world, now = saved.get("world_size", accelerator.num_processes), accelerator.num_processes
-        deepspeed = saved.get("deepspeed") or accelerator.state.deepspeed_plugin is not None
-        if world != now and deepspeed:
-            raise ValueError(
-                f"checkpoint {path} was written by {world} process(es) and this run has {now}, "
-                "under DeepSpeed, whose ZeRO state is one shard per process. Resume with "
-                f"{world} process(es), or convert the checkpoint with DeepSpeed's "
-                "ds_to_universal (not automated here yet)")
+        checkpoint holds one ZeRO shard per process: for another count, `universal` converts it
+        first and this loads the conversion."""
+        if path.name != UNIVERSAL:
+            saved = json.loads((path / "trainer_state.json").read_text())
+            was_deepspeed = saved.get("deepspeed", False)
+            if was_deepspeed != (accelerator.state.deepspeed_plugin is not None):
+                raise ValueError(
+                    f"checkpoint {path} was written "
+                    f"{'under DeepSpeed' if was_deepspeed else 'without DeepSpeed'}; this run is "
+                    f"{'not ' if was_deepspeed else ''}under DeepSpeed. Resume it with the "
+                    "launcher and dist.zero_stage it was written with")
         load_deepspeed_weights_only(accelerator)
+        # DeepSpeed's universal loader gives every parameter group the first group's
+        # hyper-parameters, e.g. weight decay on the no-decay group: keep each group's own
+        groups = [[{k: v for k, v in g.items() if k != "params"} for g in _innermost(o)]
+                  for o in accelerator._optimizers] if path.name == UNIVERSAL else []
         accelerator.load_state(str(path))
+        for optimizer, saved in zip(accelerator._optimizers, groups):
+            for group, own in zip(_innermost(optimizer), saved):
+                group.update(own)
         for name, ema in emas.items():
             ema.load_state_dict(load_file(path / _ema_file(name)))
         return json.loads((path / "trainer_state.json").read_text())["step"]
+
+
+    @staticmethod
+    def needs_universal(path: Path, world_size: int, deepspeed: bool) -> bool:
+        """Whether resuming `path` on `world_size` processes needs DeepSpeed's universal
+        format (a DeepSpeed checkpoint written by another process count)."""
+        saved = json.loads((path / "trainer_state.json").read_text())
+        return deepspeed and saved.get("deepspeed", False) and saved["world_size"] != world_size
+
+    @staticmethod
+    def universal(accelerator: Accelerator, path: Path) -> Path:
+        """`path` converted once to DeepSpeed's universal checkpoint (parameters and optimiser
+        state whole, by name, re-sharded on load over any process count), in path/universal;
+        the run's engine must be built with `"checkpoint": {"load_universal": true}`."""
+        out = path / UNIVERSAL
+        if accelerator.is_main_process and not (out / MARKER).is_file():
+            from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+            tmp = path / f".tmp-{UNIVERSAL}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            ds_to_universal(argparse.Namespace(
+                input_folder=str(path / DEEPSPEED_TAG), output_folder=str(tmp / DEEPSPEED_TAG),
+                num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
+                strict=True, inject_missing_state=False))
+            for item in path.iterdir():  # our state and accelerate's RNG files, as they are
+                if item.is_file() and item.name != MARKER:
+                    shutil.copy2(item, tmp / item.name)
+            _write_synced(tmp / MARKER, json.dumps(_manifest(tmp), indent=1))
+            os.rename(tmp, out)
+        accelerator.wait_for_everyone()
+        return out
 
 
 def load_deepspeed_weights_only(accelerator: Accelerator) -> None:
@@ -168,6 +210,13 @@ def _weights_only_engine(current):
     engine = WeightsOnlyTorchCheckpointEngine.__new__(WeightsOnlyTorchCheckpointEngine)
     engine.__dict__.update(current.__dict__)
     return engine
+
+
+def _innermost(optimizer) -> list[dict]:
+    """The param_groups of the torch optimizer under accelerate's and DeepSpeed's wrappers."""
+    while hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer.param_groups
 
 
 def _manifest(folder: Path) -> dict[str, int]:

@@ -18,7 +18,8 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def build_accelerator(recipe: Recipe) -> Accelerator:
+def build_accelerator(recipe: Recipe, load_universal: bool = False) -> Accelerator:
+    """`load_universal`: the run resumes from a DeepSpeed universal checkpoint."""
     stage = resolved_zero_stage(recipe)
     on_cpu = not torch.cuda.is_available()
     handlers, plugin = [], None
@@ -27,7 +28,10 @@ def build_accelerator(recipe: Recipe) -> Accelerator:
         # the stage counts, and resolved_zero_stage has read it. accelerate refuses a full
         # config beside launcher fields it would ignore, so those are dropped here.
         os.environ.pop("ACCELERATE_CONFIG_DS_FIELDS", None)
-        plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(recipe, stage),
+        config = deepspeed_config(recipe, stage)
+        if load_universal:
+            config["checkpoint"] = {"load_universal": True}
+        plugin = DeepSpeedPlugin(hf_ds_config=config,
                                  zero3_init_flag=False)
         if on_cpu and "LOCAL_RANK" in os.environ:
             # DeepSpeed on CPU: without it every rank believes it is rank 0

@@ -34,7 +34,8 @@ from scalekd.engine.stopping import StopRequests
 from scalekd.models import FrozenTeacher, create_student, create_teacher, data_config
 from scalekd.models.taps import StudentTaps
 from scalekd.models.teacher import TeacherOutput
-from scalekd.recipe import Recipe, recipe_changes, student_recipes, validate
+from scalekd.recipe import (Recipe, recipe_changes, resolved_zero_stage, student_recipes,
+                            validate)
 
 
 FINISHED = "FINISHED"  # marker file in the run folder once the whole schedule is done
@@ -125,9 +126,16 @@ def build_student(recipe: Recipe, num_classes: int, steps_per_epoch: int,
 def train(recipe: Recipe) -> TrainResult:
     started = time.monotonic()  # run.time_budget_s counts from here
     validate(recipe, launched_world_size())
-    accelerator = build_accelerator(recipe)
-    set_seed(recipe.run.seed)
     run_dir = recipe.run.path
+    checkpoints = Checkpoints(run_dir / "checkpoints", recipe.checkpoint.keep)
+    resume_from = (checkpoints.latest() if recipe.checkpoint.resume == "auto"
+                   else None if recipe.checkpoint.resume == "never"
+                   else Path(recipe.checkpoint.resume))
+    # a DeepSpeed checkpoint of another process count loads through the universal format
+    universal = resume_from is not None and Checkpoints.needs_universal(
+        resume_from, launched_world_size(), resolved_zero_stage(recipe) > 0)
+    accelerator = build_accelerator(recipe, load_universal=universal)
+    set_seed(recipe.run.seed)
     main = accelerator.is_main_process
     recipe_file = run_dir / "recipe.json"
     previous = json.loads(recipe_file.read_text()) if recipe_file.is_file() else None
@@ -176,11 +184,9 @@ def train(recipe: Recipe) -> TrainResult:
     emas = {s.name: s.ema for s in students if s.ema is not None}
 
     # resume
-    checkpoints = Checkpoints(run_dir / "checkpoints", recipe.checkpoint.keep)
     checkpoints.remove_partial(accelerator)
-    resume_from = (checkpoints.latest() if recipe.checkpoint.resume == "auto"
-                   else None if recipe.checkpoint.resume == "never"
-                   else Path(recipe.checkpoint.resume))
+    if universal:
+        resume_from = Checkpoints.universal(accelerator, resume_from)
     step = Checkpoints.load(accelerator, resume_from, emas) if resume_from else 0
     for s in students:
         s.scheduler.step_update(step)

@@ -37,8 +37,8 @@ def main(argv: list[str]) -> None:
     record: dict = {}
     build_accelerator, shard_teacher = trainer.build_accelerator, trainer.shard_teacher
 
-    def recording_build_accelerator(recipe):
-        accelerator = build_accelerator(recipe)
+    def recording_build_accelerator(recipe, **kwargs):
+        accelerator = build_accelerator(recipe, **kwargs)
         prepare = accelerator.prepare
 
         def recording_prepare(*args, **kwargs):
