@@ -23,11 +23,10 @@ _clock = time.monotonic  # a seam for tests
 
 
 class StopRequests:
-    def __init__(self, time_budget_s: float, steps_per_job: int, device: torch.device,
-                 spent_s: float = 0.0):
-        """`spent_s`: seconds the job already took before (the budget counts them)."""
-        self.time_budget_s, self.steps_per_job, self.device = time_budget_s, steps_per_job, device
-        self.started = _clock() - spent_s
+    def __init__(self, time_budget_s: float, steps_per_job: int):
+        """The time budget counts from here: create it when the job starts."""
+        self.time_budget_s, self.steps_per_job = time_budget_s, steps_per_job
+        self.started = _clock()
         self.received: Optional[str] = None
         self._previous: dict = {}
 
@@ -44,7 +43,8 @@ class StopRequests:
     def _on_signal(self, signum, _frame) -> None:
         self.received = signal.Signals(signum).name
 
-    def reason(self, steps_this_job: int, step_s: float, save_s: float) -> Optional[str]:
+    def reason(self, steps_this_job: int, step_s: float, save_s: float,
+               device: torch.device) -> Optional[str]:
         """Why to stop after this step (agreed by all ranks), or None to go on. `step_s` and
         `save_s`: the latest step and checkpoint durations, the margin the budget keeps."""
         local = None
@@ -58,6 +58,6 @@ class StopRequests:
                 local = f"run.time_budget_s={self.time_budget_s:g} nearly spent"
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return local
-        flag = torch.tensor([1.0 if local else 0.0], device=self.device)
+        flag = torch.tensor([1.0 if local else 0.0], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return local or ("another rank stops" if flag.item() else None)

@@ -124,7 +124,13 @@ def build_student(recipe: Recipe, num_classes: int, steps_per_epoch: int,
 
 
 def train(recipe: Recipe) -> TrainResult:
-    started = time.monotonic()  # run.time_budget_s counts from here
+    # SIGUSR1/SIGTERM are caught from the first line to the last: one arriving while the run
+    # starts up stops it after its first step, one arriving during the final evaluation is moot
+    with StopRequests(recipe.run.time_budget_s, recipe.run.steps_per_job) as stops:
+        return _train(recipe, stops)
+
+
+def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     validate(recipe, launched_world_size())
     run_dir = recipe.run.path
     checkpoints = Checkpoints(run_dir / "checkpoints", recipe.checkpoint.keep)
@@ -137,11 +143,12 @@ def train(recipe: Recipe) -> TrainResult:
     accelerator = build_accelerator(recipe, load_universal=universal)
     set_seed(recipe.run.seed)
     main = accelerator.is_main_process
-    recipe_file = run_dir / "recipe.json"
-    previous = json.loads(recipe_file.read_text()) if recipe_file.is_file() else None
-    if main:
+    recipe_file, previous = run_dir / "recipe.json", None
+    if main:  # only rank 0 reads and (atomically) rewrites it: no rank sees a half-written file
+        previous = json.loads(recipe_file.read_text()) if recipe_file.is_file() else None
         run_dir.mkdir(parents=True, exist_ok=True)
-        recipe_file.write_text(json.dumps(recipe.to_dict(), indent=2))
+        (run_dir / "recipe.json.tmp").write_text(json.dumps(recipe.to_dict(), indent=2))
+        os.replace(run_dir / "recipe.json.tmp", recipe_file)
         # the batch shell forwards the scheduler's signal here (slurm/train.sbatch)
         (run_dir / "trainer.pid").write_text(f"{os.getpid()}\n")
 
@@ -236,72 +243,69 @@ def train(recipe: Recipe) -> TrainResult:
 
     # a signal, the time budget or steps_per_job ends this job early, checkpointed at a step
     # boundary that every rank agrees on; the next job resumes from there
-    stops = StopRequests(recipe.run.time_budget_s, recipe.run.steps_per_job, accelerator.device,
-                         spent_s=time.monotonic() - started)
-    with stops:
-        stop, step_s, job_start = None, 0.0, step
-        t_step = time.perf_counter()
-        while step < total_steps:
-            for s in students:
-                s.model.train()
-            for images, targets in data.epoch(step // data.steps_per_epoch,
-                                              step % data.steps_per_epoch):
-                t_start = time.perf_counter()
-                images = images.to(accelerator.device, non_blocking=True)
-                targets = targets.to(accelerator.device, non_blocking=True)
-                if data.mixup is not None:  # one mixed batch for teacher and students alike
-                    images, targets = data.mixup(images, targets)
-                teacher_out = teacher(images) if teacher is not None else None
-                t_teacher = _elapsed(t_start, accelerator.device)
-                with accelerator.accumulate(*[s.model for s in students]):
-                    for s in students:
-                        t_student = time.perf_counter()
-                        s.distiller.set_epoch(step / data.steps_per_epoch)  # for schedules
-                        _, terms = s.model(images, targets, teacher_out)
-                        loss = s.distiller.total(terms)
-                        accelerator.backward(loss)
-                        clip = s.recipe.optim.clip_grad
-                        if clip and accelerator.sync_gradients and not _is_deepspeed(accelerator):
-                            accelerator.clip_grad_norm_(s.model.parameters(), clip)
-                        s.optimizer.step()
-                        s.optimizer.zero_grad(set_to_none=True)
-                        s.window.add(terms, loss, t_teacher,
-                                     t_teacher + _elapsed(t_student, accelerator.device))
-                if not accelerator.sync_gradients:
-                    continue
-
-                step += 1
+    stop, step_s, job_start = None, 0.0, step
+    t_step = time.perf_counter()
+    while step < total_steps:
+        for s in students:
+            s.model.train()
+        for images, targets in data.epoch(step // data.steps_per_epoch,
+                                          step % data.steps_per_epoch):
+            t_start = time.perf_counter()
+            images = images.to(accelerator.device, non_blocking=True)
+            targets = targets.to(accelerator.device, non_blocking=True)
+            if data.mixup is not None:  # one mixed batch for teacher and students alike
+                images, targets = data.mixup(images, targets)
+            teacher_out = teacher(images) if teacher is not None else None
+            t_teacher = _elapsed(t_start, accelerator.device)
+            with accelerator.accumulate(*[s.model for s in students]):
                 for s in students:
-                    s.scheduler.step_update(step)
-                    if s.ema is not None:
-                        s.ema.update(s.module.student, step=step)
-                lead = students[0]
-                lr = lead.optimizer.param_groups[0]["lr"]
-                log.advance({"loss": f"{lead.window.last:.3f}", "lr": f"{lr:.2e}"})
-                if step % recipe.run.log_every == 0 or step == total_steps:
-                    scalars = {"memory/peak_gb": memory_gb(accelerator.device)}
-                    for s in students:
-                        window = s.window.reduce(accelerator, recipe.data.batch_size)
-                        scalars.update({s.tag(k): v for k, v in window.items()})
-                        scalars[s.tag("lr")] = s.optimizer.param_groups[0]["lr"]
-                    log.scalars(step, scalars)
-                if recipe.checkpoint.every_steps and step % recipe.checkpoint.every_steps == 0:
-                    save_checkpoint()
-                step_s, t_step = time.perf_counter() - t_step, time.perf_counter()
-                if step == total_steps:
-                    break
-                stop = stops.reason(step - job_start, step_s, save_s)
-                if stop:
-                    break
-            epochs_done = step // data.steps_per_epoch
-            if step == total_steps or step % data.steps_per_epoch:
-                break  # the schedule's end, or a stop within an epoch
-            if epochs_done % recipe.eval.every_epochs == 0:
-                run_eval()
-            if epochs_done % recipe.checkpoint.every_epochs == 0 and saved_step != step:
+                    t_student = time.perf_counter()
+                    s.distiller.set_epoch(step / data.steps_per_epoch)  # for schedules
+                    _, terms = s.model(images, targets, teacher_out)
+                    loss = s.distiller.total(terms)
+                    accelerator.backward(loss)
+                    clip = s.recipe.optim.clip_grad
+                    if clip and accelerator.sync_gradients and not _is_deepspeed(accelerator):
+                        accelerator.clip_grad_norm_(s.model.parameters(), clip)
+                    s.optimizer.step()
+                    s.optimizer.zero_grad(set_to_none=True)
+                    s.window.add(terms, loss, t_teacher,
+                                 t_teacher + _elapsed(t_student, accelerator.device))
+            if not accelerator.sync_gradients:
+                continue
+
+            step += 1
+            for s in students:
+                s.scheduler.step_update(step)
+                if s.ema is not None:
+                    s.ema.update(s.module.student, step=step)
+            lead = students[0]
+            lr = lead.optimizer.param_groups[0]["lr"]
+            log.advance({"loss": f"{lead.window.last:.3f}", "lr": f"{lr:.2e}"})
+            if step % recipe.run.log_every == 0 or step == total_steps:
+                scalars = {"memory/peak_gb": memory_gb(accelerator.device)}
+                for s in students:
+                    window = s.window.reduce(accelerator, recipe.data.batch_size)
+                    scalars.update({s.tag(k): v for k, v in window.items()})
+                    scalars[s.tag("lr")] = s.optimizer.param_groups[0]["lr"]
+                log.scalars(step, scalars)
+            if recipe.checkpoint.every_steps and step % recipe.checkpoint.every_steps == 0:
                 save_checkpoint()
-            if stop:  # at an epoch's end: after its evaluation, as an uninterrupted run
+            step_s, t_step = time.perf_counter() - t_step, time.perf_counter()
+            if step == total_steps:
                 break
+            stop = stops.reason(step - job_start, step_s, save_s, accelerator.device)
+            if stop:
+                break
+        epochs_done = step // data.steps_per_epoch
+        if step == total_steps or step % data.steps_per_epoch:
+            break  # the schedule's end, or a stop within an epoch
+        if epochs_done % recipe.eval.every_epochs == 0:
+            run_eval()
+        if epochs_done % recipe.checkpoint.every_epochs == 0 and saved_step != step:
+            save_checkpoint()
+        if stop:  # at an epoch's end: after its evaluation, as an uninterrupted run
+            break
 
     if stop:
         if saved_step != step:
