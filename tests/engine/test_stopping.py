@@ -94,3 +94,21 @@ def scalars_or_empty(run_dir) -> dict:
         return scalars(run_dir)
     except Exception:  # the event file is being written
         return {}
+
+
+@pytest.mark.slow
+def test_4800_epochs_in_40_jobs_end_as_one_run(tmp_path, tiny_run):
+    """The issue's case at full length: a 4800-epoch schedule (1 step an epoch on 16 images)
+    run as 40 jobs of 120 steps ends with the uninterrupted run's weights, bit for bit."""
+    long = ["data.num_samples=16", "run.epochs=4800", "run.log_every=400",
+            "eval.every_epochs=1200", "checkpoint.every_epochs=4800", "eval.teacher=false"]
+    whole = train_in_process(tiny_run(tmp_path / "whole", *long))
+    assert whole.steps == 4800
+    run_dir, jobs = tmp_path / "jobs", 0
+    while not (run_dir / FINISHED).exists():
+        train_in_process(tiny_run(run_dir, *long, "run.steps_per_job=120"))
+        jobs += 1
+        assert jobs <= 40
+    assert jobs == 40
+    assert_same_export(run_dir, whole.run_dir)
+    assert scalars(run_dir)["eval/top1"] == scalars(whole.run_dir)["eval/top1"]
