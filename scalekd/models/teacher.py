@@ -64,13 +64,16 @@ class FrozenTeacher(nn.Module):
 
     def enable_features(self, with_proxy: bool, device: torch.device) -> dict[str, tuple]:
         """Return final (and split) feature maps from now on, and with `with_proxy` the proxy
-        path; checks the proxy on a blank image first. Returns the maps' (C, H, W)."""
+        path; checks the proxy on a noise image first. Returns the maps' (C, H, W)."""
         self.stages, self.with_proxy = TeacherStages(self.model), with_proxy
         size = self.input_size or 224
-        blank = torch.zeros(1, 3, size, size, device=device)
+        # noise, not a blank image (whose patches would all look alike); its own generator, so
+        # that the global RNG the run is seeded with is not drawn from
+        noise = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        noise = noise.to(device)
         if with_proxy:
-            self.stages.check(self.model, self.model, self.prepare_input(blank))
-        features = self(blank).features
+            self.stages.check(self.model, self.model, self.prepare_input(noise))
+        features = self(noise).features
         return {name: tuple(f.shape[1:]) for name, f in features.items()}
 
 
