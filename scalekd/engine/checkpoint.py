@@ -230,7 +230,10 @@ def _problem(path: Path) -> Optional[str]:
     if not (path / MARKER).is_file():
         return f"it has no {MARKER} marker"
     try:
-        listed = json.loads((path / MARKER).read_text())
+        text = (path / MARKER).read_text()
+        if not text:  # written before markers listed files: trusted as it was then
+            return None
+        listed = json.loads(text)
     except (OSError, ValueError) as err:
         return f"its {MARKER} marker is unreadable ({err})"
     if not isinstance(listed, dict) or not listed:
