@@ -6,6 +6,7 @@ import os
 
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import InitProcessGroupKwargs
 
 from scalekd.data.loader import per_process_batch
@@ -45,6 +46,14 @@ def build_accelerator(recipe: Recipe, load_universal: bool = False) -> Accelerat
         deepspeed_plugin=plugin,
         kwargs_handlers=handlers,
     )
+
+
+def release_accelerate_state() -> None:
+    """Forget accelerate's process-wide state (precision, device, DeepSpeed plugin), which
+    otherwise pins every later Accelerator of this process to the first run's choices. The
+    process group itself stays up."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
 
 
 def deepspeed_config(recipe: Recipe, stage: int) -> dict:

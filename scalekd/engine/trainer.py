@@ -26,7 +26,8 @@ from timm.utils import ModelEmaV3
 from scalekd.data import SOURCES, build_eval_loader, build_train_data
 from scalekd.distill import DISTILLERS, Distiller, FeatureShapes, create_distiller
 from scalekd.engine.checkpoint import Checkpoints, CheckpointWriteError
-from scalekd.engine.distributed import build_accelerator, launched_world_size, shard_teacher
+from scalekd.engine.distributed import (build_accelerator, launched_world_size,
+                                        release_accelerate_state, shard_teacher)
 from scalekd.engine.evaluate import evaluate
 from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog, memory_gb
@@ -127,7 +128,10 @@ def train(recipe: Recipe) -> TrainResult:
     # SIGUSR1/SIGTERM are caught from the first line to the last: one arriving while the run
     # starts up stops it after its first step, one arriving during the final evaluation is moot
     with StopRequests(recipe.run.time_budget_s, recipe.run.steps_per_job) as stops:
-        return _train(recipe, stops)
+        try:
+            return _train(recipe, stops)
+        finally:  # so that a later train() in this process may pick another precision
+            release_accelerate_state()
 
 
 def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:

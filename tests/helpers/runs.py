@@ -154,19 +154,11 @@ def tail(log: Path, chars: int = 6000) -> str:
 
 
 def train_in_process(overrides: list[str]):
-    """Train in this process (what `python recipe.py` does), then reset accelerate's
-    process-wide state so that later tests start clean."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
+    """Train in this process, as `python recipe.py` does."""
     from scalekd.engine.trainer import train
     from scalekd.recipe import Recipe, apply_overrides
 
-    try:
-        return train(apply_overrides(Recipe(), overrides))
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        PartialState._reset_state()
-        GradientState._reset_state()
+    return train(apply_overrides(Recipe(), overrides))
 
 
 # ---------------------------------------------------------------------------------------------
