@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from scalekd.cli import run_recipe
+from scalekd.engine.logging import read_scalars
 from scalekd.recipe import Recipe, apply_overrides
 
 QUICKSTART = runpy.run_path(str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.py"))
@@ -99,18 +100,6 @@ def memory_table(recipe: Recipe) -> dict[str, dict]:
             "scalekd": step_memory(recipe, teacher, shapes, images, targets)}
 
 
-def logged(run_dir: Path, tag: str) -> list[float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    values = []
-    for events in sorted((run_dir / "tb").glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            values += [e.value for e in acc.Scalars(tag)]
-    return values
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -130,7 +119,9 @@ def main() -> None:
             top1[name].append(result.metrics["eval/top1" if name == "scalekd"
                                              else f"{name}/eval/top1"])
         # per logging window, skipping the first (start-up); same batches for both students
-        kd_s, sk_s = (logged(result.run_dir, t)[1:] for t in ("kd/time/step_s", "time/step_s"))
+        logged = read_scalars(result.run_dir)
+        kd_s, sk_s = ([v for _, v in sorted(logged[t].items())][1:]
+                      for t in ("kd/time/step_s", "time/step_s"))
         step_ratio.append(statistics.median(s / k for s, k in zip(sk_s, kd_s)))
 
     print(f"\nFashion-MNIST test top-1, ViT teacher ({VIT}) -> {base.student.name} at "

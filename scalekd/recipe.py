@@ -195,6 +195,14 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     return recipe
 
 
+def recipe_from_dict(spec: dict[str, Any]) -> Recipe:
+    """The Recipe a run recorded (`Recipe.to_dict()`, as in a run's recipe.json)."""
+    # JSON turns tuples into lists; every sequence field of a recipe is a tuple
+    return apply_overrides(Recipe(), [
+        f"{key}={_as_text(tuple(value) if isinstance(value, list) else value)}"
+        for key, value in _flatten(spec)])
+
+
 def _set(node: Any, parts: list[str], raw: str, full_key: str) -> None:
     head, rest = parts[0], parts[1:]
     if isinstance(node, dict):

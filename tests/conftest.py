@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed on CPU, without the detection warning
 sys.path.insert(0, str(Path(__file__).parent))  # `helpers` importable whatever the import mode
 
-from helpers.runs import tiny_overrides, write_tiny_teacher  # noqa: E402
+from helpers.runs import tiny_overrides, train_in_process, write_tiny_teacher  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +26,15 @@ def tiny_run(tiny_teacher):
     helpers.runs.tiny_overrides)."""
     return lambda run_dir, *extra: tiny_overrides(run_dir, tiny_teacher, *extra)
 
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_run(tmp_path_factory, tiny_run):
+    """A finished tiny KD run with a second student (`alone`, no teacher, with an EMA) beside
+    the KD one, logged every step: what the evaluation and diagnostics commands read."""
+    run_dir = tmp_path_factory.mktemp("trained") / "kd_run"
+    train_in_process(tiny_run(run_dir, "run.log_every=1",
+                              "students.alone.distill.method=supervised",
+                              "students.alone.distill.weights={}",
+                              "students.alone.ema.decay=0.9"))
+    return run_dir

@@ -22,6 +22,9 @@ class ImageFolderSource(LabelledImages):
     def image(self, index: int) -> Image.Image:
         return default_loader(self.samples[index][0])
 
+    def name(self, index: int) -> str:
+        return Path(self.samples[index][0]).name
+
     @staticmethod
     def check(cfg: DataCfg) -> list[str]:
         if not cfg.path:

@@ -19,6 +19,10 @@ class LabelledImages(Dataset):
     def image(self, index: int) -> Image.Image:
         raise NotImplementedError
 
+    def name(self, index: int) -> str:
+        """What re-labelled sets key image i by (its file name where it has one)."""
+        return str(index)
+
     def __len__(self) -> int:
         return len(self.targets)
 

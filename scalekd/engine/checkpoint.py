@@ -79,7 +79,7 @@ class Checkpoints:
             accelerator.save_state(str(tmp))
             if accelerator.is_main_process:
                 for name, ema in emas.items():
-                    save_file(_plain(ema.state_dict()), tmp / _ema_file(name))
+                    save_file(_plain(ema.state_dict()), tmp / ema_file(name))
                 _write_synced(tmp / "trainer_state.json", json.dumps(
                     {"step": step, "world_size": accelerator.num_processes,
                      "deepspeed": accelerator.state.deepspeed_plugin is not None}))
@@ -134,7 +134,7 @@ class Checkpoints:
             for group, own in zip(_innermost(optimizer), saved):
                 group.update(own)
         for name, ema in emas.items():
-            ema.load_state_dict(load_file(path / _ema_file(name)))
+            ema.load_state_dict(load_file(path / ema_file(name)))
         return json.loads((path / "trainer_state.json").read_text())["step"]
 
 
@@ -256,7 +256,7 @@ def _any_rank(flag: bool, accelerator: Accelerator) -> bool:
     return bool(value.item())
 
 
-def _ema_file(student: str) -> str:
+def ema_file(student: str) -> str:
     """One EMA per student: ema.safetensors for the recipe's own, ema_<name> for the others."""
     return f"ema_{student}.safetensors" if student else "ema.safetensors"
 

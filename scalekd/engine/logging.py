@@ -42,6 +42,20 @@ class RunLog:
             self.writer.close()
 
 
+def read_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Every TensorBoard scalar a run wrote: tag -> {step: value}. Over several jobs of one run
+    (resumes), a later write of a step wins."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, dict[int, float]] = {}
+    for events in sorted((Path(run_dir) / "tb").glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
+    return out
+
+
 def memory_gb(device: torch.device) -> float:
     """Peak memory: CUDA allocator peak on GPU, else the process's peak resident set."""
     if device.type == "cuda":

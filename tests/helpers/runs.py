@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from scalekd.engine.logging import read_scalars
+
 REPO = Path(__file__).resolve().parents[2]
 RUN_SCRIPT = Path(__file__).with_name("distributed_run.py")
 
@@ -164,18 +166,7 @@ def train_in_process(overrides: list[str]):
 # ---------------------------------------------------------------------------------------------
 # reading a run's outputs
 
-
-def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
-    """Every TensorBoard scalar of a run: tag -> {step: value} (a later write of a step wins)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out: dict[str, dict[int, float]] = {}
-    for events in sorted((Path(run_dir) / "tb").glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
-    return out
+scalars = read_scalars  # tag -> {step: value}
 
 
 def exported(run_dir: Path, stem: str = "student") -> dict:
