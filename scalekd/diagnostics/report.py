@@ -40,7 +40,7 @@ def student_series(run_dir: Path,
     by_student: dict[str, dict[str, dict[int, float]]] = {}
     for tag, values in scalars.items():
         first, _, rest = tag.partition("/")
-        if first in ("memory", "teacher"):
+        if first in ("memory", "teacher", "progress"):
             continue
         student = first if rest and first not in OWN else ""
         by_student.setdefault(label(run_dir, student), {})[rest if student else tag] = values
@@ -60,31 +60,47 @@ def final_top1(run_dir: Path) -> dict[str, float]:
     return out
 
 
+def steps_per_epoch(epochs: dict[int, float]) -> float:
+    """From a run's progress/epoch scalar (step -> epoch, linear); 0 for runs without it."""
+    step, epoch = next(((k, v) for k, v in epochs.items() if v > 0), (0, 0.0))
+    return step / epoch if epoch else 0.0
+
+
 def plot_report(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     """training.png (loss, top-1, lr, throughput, teacher share over steps), loss_terms.png
     (each loss term of each student) and, for finished runs, final_top1.png."""
     series: dict[str, dict[str, dict[int, float]]] = {}
+    epochs: dict[str, dict[int, float]] = {}  # label -> step -> epoch, where the run logged it
     teachers: dict[str, float] = {}  # run -> the teacher's test top-1
     for run_dir in run_dirs:
         if not (Path(run_dir) / "tb").is_dir():
             raise FileNotFoundError(f"{run_dir} has no tb/ folder: give the run.dir of a "
                                     "scalekd run")
         scalars = read_scalars(run_dir)
-        series.update(student_series(run_dir, scalars))
+        students = student_series(run_dir, scalars)
+        series.update(students)
+        epochs.update({name: scalars.get("progress/epoch", {}) for name in students})
         if "teacher/top1" in scalars:
             teachers[Path(run_dir).name] = next(iter(scalars["teacher/top1"].values()))
     colours = {label: f"C{i % 10}" for i, label in enumerate(series)}
+    per_epoch = {label: steps_per_epoch(e) for label, e in epochs.items()}
+    by_epoch = all(per_epoch.values())  # else every run is drawn over optimiser steps
+    x_label = "epoch" if by_epoch else "optimiser step"
+
+    def curve(ax, label: str, values: dict[int, float], **style) -> None:
+        steps, ys = zip(*sorted(values.items()))
+        xs = [s / per_epoch[label] for s in steps] if by_epoch else steps
+        ax.plot(xs, ys, color=colours[label], label=label, **style)
     written = []
 
     fig, axes = new_figure(2, 3, width=5.0, height=3.6)
     for ax, (title, (tag, ylabel)) in zip(axes, PANELS.items()):
         for label, tags in series.items():
             if tag in tags:
-                steps, values = zip(*sorted(tags[tag].items()))
-                ax.plot(steps, values, color=colours[label], label=label,
-                        marker="o" if tag.startswith("eval") else None, markersize=3)
+                curve(ax, label, tags[tag], marker="o" if tag.startswith("eval") else None,
+                      markersize=3)
         ax.set_title(title)
-        ax.set_xlabel("optimiser step")
+        ax.set_xlabel(x_label)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
@@ -106,10 +122,9 @@ def plot_report(run_dirs: list[Path], out_dir: Path) -> list[Path]:
         for ax, term in zip(axes, terms):
             for label, tags in series.items():
                 if term in tags:
-                    steps, values = zip(*sorted(tags[term].items()))
-                    ax.plot(steps, values, color=colours[label], label=label)
+                    curve(ax, label, tags[term])
             ax.set_title(term)
-            ax.set_xlabel("optimiser step")
+            ax.set_xlabel(x_label)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
         for ax in axes[len(terms):]:
@@ -123,10 +138,15 @@ def plot_report(run_dirs: list[Path], out_dir: Path) -> list[Path]:
         bars = ax.bar(range(len(labels)), [finals[k] for k in labels],
                       color=[colours.get(k, "C7") for k in labels])
         ax.bar_label(bars, fmt="%.2f", fontsize=9)
+        for i, (run, top1) in enumerate(teachers.items()):
+            ax.axhline(top1, color="grey", linestyle="--" if i == 0 else ":", linewidth=1,
+                       label=f"teacher ({run}): {top1:.2f}")
+        if teachers:
+            ax.legend(fontsize=8, loc="lower right")
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
         ax.set_ylabel("test top-1 (%)")
-        low = min(finals.values())
-        ax.set_ylim(max(0.0, low - 10), min(100.0, max(finals.values()) + 3))
+        shown = [*finals.values(), *teachers.values()]
+        ax.set_ylim(max(0.0, min(shown) - 10), min(100.0, max(shown) + 3))
         ax.grid(axis="y", alpha=0.3)
         written.append(save(fig, Path(out_dir) / "final_top1.png", "Final test top-1"))
     return written

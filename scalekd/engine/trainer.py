@@ -287,7 +287,8 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
             lr = lead.optimizer.param_groups[0]["lr"]
             log.advance({"loss": f"{lead.window.last:.3f}", "lr": f"{lr:.2e}"})
             if step % recipe.run.log_every == 0 or step == total_steps:
-                scalars = {"memory/peak_gb": memory_gb(accelerator.device)}
+                scalars = {"memory/peak_gb": memory_gb(accelerator.device),
+                           "progress/epoch": step / data.steps_per_epoch}
                 for s in students:
                     window = s.window.reduce(accelerator, recipe.data.batch_size)
                     scalars.update({s.tag(k): v for k, v in window.items()})
