@@ -17,7 +17,9 @@ The paper's other pairs and lengths are overrides (timm names):
   methods   distill.method=dkd | dist | bkd, or all at once beside KD, sharing the teacher:
             students.dkd.distill.method=dkd students.dist.distill.method=dist
 data.batch_size is the global batch (the learning rate is for it); each process gets
-batch_size / (processes x data.grad_accum).
+batch_size / (processes x data.grad_accum). data.device_batch=N (the most images a device holds)
+derives data.grad_accum from the process count instead, so one command keeps the global batch
+on 8 or 64 GPUs.
 """
 
 from scalekd.cli import run_recipe

@@ -53,7 +53,9 @@ class DataCfg:
     train_split: str = "train"
     val_split: str = "val"
     batch_size: int = 256  # global batch: summed over processes and accumulation steps
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches per optimiser step
+    device_batch: int = 0  # the largest micro-batch a device holds: if set, grad_accum is derived
+    #                        (the fewest micro-batches that keep each within it)
     eval_batch_size: int = 0  # per process; 0: the training per-process batch
     workers: int = 4
     input_size: int = 224  # the student's resolution
@@ -381,9 +383,19 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
     else:
         problems += source.check(r.data)
 
-    per_step = world_size * r.data.grad_accum
-    if r.data.batch_size <= 0 or r.data.grad_accum <= 0:
-        problems.append("data.batch_size and data.grad_accum must be positive")
+    accum = grad_accum_steps(r, world_size)
+    per_step = world_size * max(accum, 1)
+    if r.data.batch_size <= 0 or r.data.grad_accum <= 0 or r.data.device_batch < 0:
+        problems.append("data.batch_size and data.grad_accum must be positive, "
+                        "data.device_batch positive or 0")
+    elif r.data.device_batch and r.data.grad_accum != 1:
+        problems.append(f"data.device_batch={r.data.device_batch} derives the accumulation; "
+                        f"drop data.grad_accum={r.data.grad_accum} (or data.device_batch)")
+    elif not accum:
+        problems.append(
+            f"no accumulation count splits data.batch_size={r.data.batch_size} over "
+            f"{world_size} process(es) into equal micro-batches of at most "
+            f"data.device_batch={r.data.device_batch}; choose a batch size with more divisors")
     elif r.data.batch_size % per_step:
         problems.append(
             f"data.batch_size={r.data.batch_size} (global) is not divisible by "
@@ -463,6 +475,20 @@ def recipe_changes(before: dict[str, Any], after: dict[str, Any], prefix: str = 
         elif old != (list(new) if isinstance(new, tuple) else new):
             changes.append(f"{prefix}{key}: {old!r} -> {new!r}")
     return changes
+
+
+def grad_accum_steps(recipe: Recipe, world_size: int) -> int:
+    """Micro-batches per optimiser step: data.grad_accum, or with data.device_batch set the
+    fewest whose equal micro-batches fit in it (0 where none does), so that a global batch keeps
+    its size whatever the process count."""
+    d = recipe.data
+    if not d.device_batch:
+        return d.grad_accum
+    for accum in range(1, max(d.batch_size // world_size, 0) + 1):
+        per_step = world_size * accum
+        if d.batch_size % per_step == 0 and d.batch_size // per_step <= d.device_batch:
+            return accum
+    return 0
 
 
 def resolved_zero_stage(recipe: Recipe) -> int:

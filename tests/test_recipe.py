@@ -2,7 +2,8 @@
 
 import pytest
 
-from scalekd.recipe import Recipe, RecipeError, apply_overrides, recipe_changes, validate
+from scalekd.recipe import (Recipe, RecipeError, apply_overrides, grad_accum_steps,
+                            recipe_changes, recipe_from_dict, validate)
 
 
 def valid_recipe(tmp_path) -> Recipe:
@@ -60,6 +61,8 @@ def test_valid_recipe_passes(tmp_path):
     (["data.batch_size=30"], "not divisible by 4 process(es) x data.grad_accum=1"),
     (["data.batch_size=32", "data.grad_accum=3"], "not divisible by 4 process(es) x data.grad_accum=3"),
     (["data.batch_size=12", "aug.mixup=0.2"], "even per-process batch"),
+    (["data.device_batch=4", "data.grad_accum=2"], "drop data.grad_accum=2"),
+    (["data.batch_size=30", "data.device_batch=4"], "no accumulation count splits"),
     (["data.source=imagefolder"], "data.path is not set"),
     (["data.source=imagefolder", "data.path=/nope"], "has no train/ or val/ folder"),
     (["data.source=webdataset"], "data.source='webdataset' is unknown"),
@@ -101,3 +104,24 @@ def test_recipe_changes_lists_what_a_restart_changed():
     assert recipe_changes(saved, now) == ["optim.lr: 0.005 -> 0.001",
                                           "student.kwargs: {} -> {'img_size': 32}"]
     assert recipe_changes(saved, Recipe().to_dict()) == []
+
+
+@pytest.mark.parametrize("batch, world, device_batch, accum", [
+    (2048, 8, 128, 2),  # A1's global batch on 8 GPUs holding 128 images each
+    (2048, 16, 128, 1),
+    (2048, 1, 128, 16),
+    (2048, 8, 100, 4),  # 3 micro-batches would not split 256 evenly
+    (16, 2, 0, 1),  # device_batch unset: data.grad_accum
+])
+def test_accumulation_is_derived_from_the_process_count(batch, world, device_batch, accum):
+    recipe = apply_overrides(Recipe(), [f"data.batch_size={batch}",
+                                        f"data.device_batch={device_batch}"])
+    assert grad_accum_steps(recipe, world) == accum
+
+
+def test_a_recorded_recipe_reads_back():
+    import json
+
+    recipe = apply_overrides(Recipe(), ["aug.scale=(0.35, 1.0)", "students.b.optim.lr=1e-3",
+                                        "teacher.kwargs={'img_size': 32}"])
+    assert recipe_from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from scalekd.data.sampler import EpochBatches
 from scalekd.data.source import LabelledImages
-from scalekd.recipe import Recipe
+from scalekd.recipe import Recipe, grad_accum_steps
 
 
 class SeededTransform(Dataset):
@@ -50,7 +50,8 @@ class TrainData:
 
 
 def per_process_batch(recipe: Recipe, world_size: int) -> int:
-    return recipe.data.batch_size // (world_size * recipe.data.grad_accum)
+    """The micro-batch of one process."""
+    return recipe.data.batch_size // (world_size * grad_accum_steps(recipe, world_size))
 
 
 def build_train_data(recipe: Recipe, images: LabelledImages, mean, std,
@@ -62,9 +63,9 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std,
         interpolation=a.interpolation, mean=mean, std=std, re_prob=a.re_prob,
     )
     images = _keep_labelled(images, d.labels_per_class, d.unlabelled)
-    batch = per_process_batch(recipe, world_size)
+    batch, accum = per_process_batch(recipe, world_size), grad_accum_steps(recipe, world_size)
     batches = EpochBatches(len(images), batch, rank, world_size, recipe.run.seed,
-                           repeats=a.repeated_aug, multiple_of=d.grad_accum)
+                           repeats=a.repeated_aug, multiple_of=accum)
     if batches.batches_per_epoch == 0:
         raise ValueError(
             f"{len(images)} training images do not fill one optimiser step of data.batch_size="
@@ -78,7 +79,7 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std,
         mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, label_smoothing=a.smoothing,
                       num_classes=len(images.classes))
     return TrainData(loader, batches, mixup, len(images.classes),
-                     batches.batches_per_epoch // d.grad_accum, d.grad_accum)
+                     batches.batches_per_epoch // accum, accum)
 
 
 def build_eval_loader(recipe: Recipe, images: LabelledImages, mean, std, rank: int,

@@ -11,7 +11,7 @@ from accelerate.utils import InitProcessGroupKwargs
 
 from scalekd.data.loader import per_process_batch
 from scalekd.models.teacher import FrozenTeacher
-from scalekd.recipe import Recipe, resolved_zero_stage
+from scalekd.recipe import Recipe, grad_accum_steps, resolved_zero_stage
 
 
 def launched_world_size() -> int:
@@ -42,7 +42,7 @@ def build_accelerator(recipe: Recipe, load_universal: bool = False) -> Accelerat
         # (no DDP, no reductions); with it, DeepSpeed would be ignored, hence stage == 0
         cpu=on_cpu and stage == 0,
         mixed_precision=recipe.run.precision,
-        gradient_accumulation_steps=recipe.data.grad_accum,
+        gradient_accumulation_steps=grad_accum_steps(recipe, launched_world_size()),
         deepspeed_plugin=plugin,
         kwargs_handlers=handlers,
     )
@@ -61,7 +61,7 @@ def deepspeed_config(recipe: Recipe, stage: int) -> dict:
     return {
         "train_batch_size": recipe.data.batch_size,
         "train_micro_batch_size_per_gpu": per_process_batch(recipe, world),
-        "gradient_accumulation_steps": recipe.data.grad_accum,
+        "gradient_accumulation_steps": grad_accum_steps(recipe, world),
         "gradient_clipping": recipe.optim.clip_grad,
         "zero_optimization": {
             "stage": stage,

@@ -89,3 +89,18 @@ def test_scalekd_projectors_resume_exactly_and_are_not_exported(tmp_path, tiny_r
     bare = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8,
                              depth=2)
     assert bare.load_state_dict(weights, strict=True)  # a plain timm model, nothing left over
+
+
+def test_accumulation_derived_from_the_device_batch_keeps_the_global_batch(tmp_path, tiny_run):
+    """Global batch 16: micro-batches of at most 8 mean 2 accumulated micro-batches a step, the
+    run data.grad_accum=2 gives, and the same optimiser steps as one batch of 16."""
+    runs = {name: tmp_path / name for name in ("derived", "explicit", "whole")}
+    train_in_process(tiny_run(runs["derived"], "data.device_batch=8"))
+    train_in_process(tiny_run(runs["explicit"], "data.grad_accum=2"))
+    train_in_process(tiny_run(runs["whole"]))
+    derived, explicit, whole = (exported(runs[n]) for n in ("derived", "explicit", "whole"))
+    for key, value in derived.items():
+        assert torch.equal(value, explicit[key]), key
+        assert torch.allclose(value, whole[key], atol=1e-5), key  # summation order only
+    logged_steps = [set(scalars(runs[n])["loss/total"]) for n in ("derived", "whole")]
+    assert logged_steps[0] == logged_steps[1] == set(range(1, 9))
