@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from scalekd.cli import run_recipe
+from scalekd.diagnostics.report import plot_report
 from scalekd.recipe import (AugCfg, CheckpointCfg, DataCfg, DistillCfg, EvalCfg, OptimCfg,
                             Recipe, RunCfg, StudentCfg, TeacherCfg, apply_overrides)
 
@@ -86,7 +87,10 @@ def main(argv: list[str]) -> None:
     print(f"  {'run':<13}{'steps':>6}{'top-1':>8}  exported student")
     for name, result in results.items():
         print(f"  {name:<13}{result.steps:>6}{result.metrics['eval/top1']:>8.2f}  {result.export}")
-    print(f"\nTensorBoard logs: tensorboard --logdir {ROOT}")
+    # over optimiser steps: the transfer run's epochs are 60 times larger
+    figures = plot_report([r.run_dir for r in results.values()], Path(ROOT) / "report", "step")
+    print(f"\nFigures: {', '.join(str(f) for f in figures)}")
+    print(f"TensorBoard logs: tensorboard --logdir {ROOT}")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     report = commands.add_parser("report", help="PNG figures of one or several runs' logs")
     report.add_argument("runs", type=Path, nargs="+", help="run folders, compared on each figure")
     report.add_argument("--out", type=Path, help="folder for the PNGs (default: RUN/report)")
+    report.add_argument("--x", choices=["epoch", "step"], default="epoch",
+                        help="the curves' x axis: epochs, or optimiser steps")
 
     diagnose = commands.add_parser(
         "diagnose", help="PNGs of the papers' diagnostics: teacher and student feature spectra "
@@ -68,7 +70,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     elif args.command == "report":
         from scalekd.diagnostics.report import plot_report
 
-        for path in plot_report(args.runs, args.out or args.runs[0] / "report"):
+        for path in plot_report(args.runs, args.out or args.runs[0] / "report", args.x):
             print(path)
     elif args.command == "diagnose":
         _diagnose(args)

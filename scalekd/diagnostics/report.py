@@ -66,9 +66,11 @@ def steps_per_epoch(epochs: dict[int, float]) -> float:
     return step / epoch if epoch else 0.0
 
 
-def plot_report(run_dirs: list[Path], out_dir: Path) -> list[Path]:
-    """training.png (loss, top-1, lr, throughput, teacher share over steps), loss_terms.png
-    (each loss term of each student) and, for finished runs, final_top1.png."""
+def plot_report(run_dirs: list[Path], out_dir: Path, x_axis: str = "epoch") -> list[Path]:
+    """training.png (loss, top-1, lr, throughput, teacher share), loss_terms.png (each loss
+    term of each student) and, for finished runs, final_top1.png. `x_axis` "epoch" or "step"
+    (optimiser steps: runs whose epochs differ in size, such as a transfer set's, compare by
+    updates)."""
     series: dict[str, dict[str, dict[int, float]]] = {}
     epochs: dict[str, dict[int, float]] = {}  # label -> step -> epoch, where the run logged it
     teachers: dict[str, float] = {}  # run -> the teacher's test top-1
@@ -84,7 +86,8 @@ def plot_report(run_dirs: list[Path], out_dir: Path) -> list[Path]:
             teachers[Path(run_dir).name] = next(iter(scalars["teacher/top1"].values()))
     colours = {label: f"C{i % 10}" for i, label in enumerate(series)}
     per_epoch = {label: steps_per_epoch(e) for label, e in epochs.items()}
-    by_epoch = all(per_epoch.values())  # else every run is drawn over optimiser steps
+    # over epochs where asked and every run logged them, else over optimiser steps
+    by_epoch = x_axis == "epoch" and all(per_epoch.values())
     x_label = "epoch" if by_epoch else "optimiser step"
 
     def curve(ax, label: str, values: dict[int, float], **style) -> None:
