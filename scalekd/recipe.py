@@ -63,6 +63,9 @@ class DataCfg:
     unlabelled: bool = False  # with labels_per_class: keep the other images, without labels,
     #                           as a transfer set that feeds only the distillation terms
     num_samples: int = 0  # synthetic source: images per split
+    # a corrupt or truncated image, a non-image file: error (naming the file) | skip (leave it
+    # out or replace it by the next readable image, warn, count in TensorBoard data/skipped)
+    bad_files: str = "error"
 
 
 @dataclass
@@ -434,6 +437,7 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         (r.dist.zero_stage in (-1, 0, 2, 3), "dist.zero_stage must be -1 (launcher), 0, 2 or 3"),
         (0 <= r.aug.smoothing < 1, "aug.smoothing must be in [0, 1)"),
         (r.aug.repeated_aug >= 1, "aug.repeated_aug must be >= 1"),
+        (r.data.bad_files in ("error", "skip"), "data.bad_files must be error or skip"),
         (r.data.input_size >= 8, f"data.input_size={r.data.input_size} is too small"),
         (r.checkpoint.resume in ("auto", "never") or Path(r.checkpoint.resume).is_dir(),
          f"checkpoint.resume={r.checkpoint.resume!r} must be auto, never or a checkpoint folder"),

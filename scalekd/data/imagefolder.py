@@ -1,26 +1,51 @@
-"""An ImageNet-style tree: `path/<split>/<class>/<image>`."""
+"""An ImageNet-style tree: `path/<split>/<class>/<image>`, checked so that labels cannot shift.
+
+torchvision's ImageFolder ignores files without an image extension and, with allow_empty, drops
+empty class folders (every later label then shifts by one); here the tree is scanned once at
+load, before any compute: an empty class folder and a class missing from (or extra in) the
+validation split are errors naming them; a non-image file is an error naming it, or with
+data.bad_files=skip it is left out, counted and warned about. Corrupt or truncated images are
+found when read (decoding all of ImageNet up front would take as long as an epoch): an error
+naming the file, or with skip a replacement by the next readable image, counted.
+"""
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
-from PIL import Image
-from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import default_loader
+from PIL import Image, UnidentifiedImageError
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension
 
-from scalekd.data.source import LabelledImages
+from scalekd.data.source import LabelledImages, SkipCounter, UnreadableImage
 from scalekd.recipe import DataCfg
+
+SHOWN = 5  # bad paths listed in a message
 
 
 class ImageFolderSource(LabelledImages):
-    def __init__(self, root: Path):
-        folder = ImageFolder(str(root))
-        self.classes = folder.classes
-        self.samples = folder.samples
-        self.targets = [label for _, label in folder.samples]
+    def __init__(self, root: Path, bad_files: str = "error"):
+        self.classes, self.samples, non_images = scan(Path(root))
+        self.targets = [label for _, label in self.samples]
+        if non_images:
+            shown = ", ".join(str(p) for p in non_images[:SHOWN])
+            if bad_files == "error":
+                raise ValueError(
+                    f"{len(non_images)} file(s) under {root} are not images ({shown}"
+                    f"{', ...' if len(non_images) > SHOWN else ''}): remove them, or pass "
+                    "data.bad_files=skip to leave them out")
+            warnings.warn(f"left out {len(non_images)} non-image file(s) under {root} ({shown}) "
+                          "(data.bad_files=skip)")
+        self.skipped = SkipCounter(len(non_images)) if bad_files == "skip" else None
 
     def image(self, index: int) -> Image.Image:
-        return default_loader(self.samples[index][0])
+        path = self.samples[index][0]
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")  # decodes the whole file: truncation shows here
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise UnreadableImage(f"cannot read image {path}: {err}") from err
 
     def name(self, index: int) -> str:
         return Path(self.samples[index][0]).name
@@ -40,15 +65,44 @@ class ImageFolderSource(LabelledImages):
 
     @staticmethod
     def load(cfg: DataCfg, split: str) -> "ImageFolderSource":
-        data = ImageFolderSource(Path(cfg.path) / split)
+        data = ImageFolderSource(Path(cfg.path) / split, cfg.bad_files)
         if split != cfg.train_split:
-            train_classes = sorted(p.name for p in (Path(cfg.path) / cfg.train_split).iterdir()
-                                   if p.is_dir())
-            if data.classes != train_classes:
-                missing = sorted(set(train_classes) - set(data.classes))
-                extra = sorted(set(data.classes) - set(train_classes))
-                raise ValueError(
-                    f"{split}/ and {cfg.train_split}/ have different classes (missing from "
-                    f"{split}: {missing[:5]}, extra: {extra[:5]}); the labels would shift"
-                )
+            train_classes, _ = find_classes(Path(cfg.path) / cfg.train_split)
+            check_same_classes(data.classes, train_classes, split, cfg.train_split)
         return data
+
+
+def scan(root: Path) -> tuple[list[str], list[tuple[str, int]], list[Path]]:
+    """Class names, (image path, label) pairs and the non-image files of a class-folder tree;
+    an empty class folder is an error naming it (dropping it would shift later labels)."""
+    classes, class_to_idx = find_classes(root)
+    samples, non_images, empty = [], [], []
+    for name in classes:
+        found = 0
+        for folder, _, files in sorted(os.walk(root / name, followlinks=True)):
+            for file in sorted(files):
+                path = Path(folder) / file
+                if has_file_allowed_extension(file, IMG_EXTENSIONS):
+                    samples.append((str(path), class_to_idx[name]))
+                    found += 1
+                else:
+                    non_images.append(path)
+        if not found:
+            empty.append(str(root / name))
+    if empty:
+        raise ValueError(
+            f"{len(empty)} class folder(s) hold no image: {', '.join(empty[:SHOWN])}; add images "
+            "or remove the folder from every split (an empty class would shift the labels of "
+            "every later class)")
+    return classes, samples, non_images
+
+
+def check_same_classes(classes: list[str], train_classes: list[str], split: str,
+                       train_split: str) -> None:
+    if classes != train_classes:
+        missing = sorted(set(train_classes) - set(classes))
+        extra = sorted(set(classes) - set(train_classes))
+        raise ValueError(
+            f"{split}/ and {train_split}/ have different classes (missing from {split}: "
+            f"{missing[:SHOWN]}, extra: {extra[:SHOWN]}); the labels would shift: give both "
+            "splits the same class folders")

@@ -12,7 +12,7 @@ from timm.data import Mixup, create_transform
 from torch.utils.data import DataLoader, Dataset
 
 from scalekd.data.sampler import EpochBatches
-from scalekd.data.source import LabelledImages
+from scalekd.data.source import LabelledImages, SkipCounter
 from scalekd.recipe import Recipe, grad_accum_steps
 
 
@@ -42,6 +42,7 @@ class TrainData:
     num_classes: int
     steps_per_epoch: int  # optimiser steps
     grad_accum: int
+    skipped: Optional[SkipCounter] = None  # data.bad_files=skip: bad files left out so far
 
     def epoch(self, epoch: int, start_step: int = 0) -> DataLoader:
         """The loader for `epoch`, skipping the micro-batches of `start_step` steps (resume)."""
@@ -79,7 +80,7 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std,
         mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, label_smoothing=a.smoothing,
                       num_classes=len(images.classes))
     return TrainData(loader, batches, mixup, len(images.classes),
-                     batches.batches_per_epoch // accum, accum)
+                     batches.batches_per_epoch // accum, accum, images.skipped)
 
 
 def build_eval_loader(recipe: Recipe, images: LabelledImages, mean, std, rank: int,
@@ -134,6 +135,7 @@ class _Subset(LabelledImages):
         self.base, self.keep = images, keep
         self.classes = images.classes
         self.targets = targets
+        self.skipped = images.skipped
 
     def image(self, index: int):
         return self.base.image(self.keep[index])

@@ -289,6 +289,8 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
             if step % recipe.run.log_every == 0 or step == total_steps:
                 scalars = {"memory/peak_gb": memory_gb(accelerator.device),
                            "progress/epoch": step / data.steps_per_epoch}
+                if data.skipped is not None:  # data.bad_files=skip; rank 0 counts its own reads
+                    scalars["data/skipped"] = data.skipped.count
                 for s in students:
                     window = s.window.reduce(accelerator, recipe.data.batch_size)
                     scalars.update({s.tag(k): v for k, v in window.items()})
