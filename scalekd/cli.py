@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from scalekd.data.beton import WRITE_MODES
 from scalekd.recipe import Recipe, RecipeError, apply_overrides
 
 
@@ -61,6 +62,28 @@ def main(argv: Optional[list[str]] = None) -> None:
     diagnose.add_argument("--images", type=int, default=512, help="evaluation images to use")
     diagnose.add_argument("--out", type=Path, help="folder for the PNGs (default: RUN/report)")
 
+    beton = commands.add_parser(
+        "make-beton", help="write FFCV .beton files (one per split) from a data source",
+        description="Write <out>/<split>.beton and <split>.json for the train and val splits "
+                    "of any source, e.g. `scalekd make-beton --out /data/in1k_ffcv "
+                    "data.path=/data/imagenet`; train on them with data.source=ffcv "
+                    "data.path=/data/in1k_ffcv.")
+    beton.add_argument("--out", required=True, help="folder for the .beton and .json files")
+    beton.add_argument("--write-mode", default="jpg", choices=WRITE_MODES,
+                       help="raw pixels, JPEG, JPEG for a share of the images (proportion), "
+                            "or JPEG when raw exceeds --smart-threshold bytes (default: jpg)")
+    beton.add_argument("--max-side", type=int, default=512,
+                       help="resize so that the longer side is at most this (0: keep; "
+                            "default 512)")
+    beton.add_argument("--jpeg-quality", type=int, default=90)
+    beton.add_argument("--compress-probability", type=float, default=0.5,
+                       help="--write-mode proportion: the share stored as JPEG")
+    beton.add_argument("--smart-threshold", type=int, default=3 * 256 * 256)
+    beton.add_argument("--workers", type=int, default=2, help="writer processes")
+    beton.add_argument("overrides", nargs="*",
+                       help="data.* fields of the source: data.source=imagefolder (default), "
+                            "data.path=..., data.train_split=..., data.val_split=..., "
+                            "data.bad_files=skip")
     args = parser.parse_args(argv)
     if args.command == "train":
         sys.argv = [args.recipe, *args.overrides]
@@ -74,6 +97,19 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(path)
     elif args.command == "diagnose":
         _diagnose(args)
+    elif args.command == "make-beton":
+        from scalekd.data.beton import make_betons
+
+        try:
+            cfg = apply_overrides(Recipe(), args.overrides).data
+            paths = make_betons(cfg, args.out, write_mode=args.write_mode,
+                                max_side=args.max_side, jpeg_quality=args.jpeg_quality,
+                                compress_probability=args.compress_probability,
+                                smart_threshold=args.smart_threshold, workers=args.workers)
+        except (RecipeError, ValueError) as err:
+            print(f"scalekd make-beton: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        print("wrote " + ", ".join(str(p) for p in paths))
 
 
 def _eval(args) -> None:

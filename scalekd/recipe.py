@@ -66,6 +66,13 @@ class DataCfg:
     # a corrupt or truncated image, a non-image file: error (naming the file) | skip (leave it
     # out or replace it by the next readable image, warn, count in TensorBoard data/skipped)
     bad_files: str = "error"
+    # ffcv source: read the .beton through the OS page cache (shared by the processes of a
+    # node; right when it fits in RAM) or, false, FFCV's own process cache loading what each
+    # epoch needs
+    os_cache: bool = True
+    # imagefolder source: workers hand over uint8 crops (4x less to move), normalised per batch
+    # in the main process, on the device (timm's prefetcher split of its transforms)
+    uint8: bool = False
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -11,9 +11,13 @@ import torch
 from timm.data import Mixup, create_transform
 from torch.utils.data import DataLoader, Dataset
 
+from scalekd.data.ffcv_source import BetonImages, EvalBatches, TrainBatches
+from scalekd.data.on_batch import BatchFinish, seed_all
 from scalekd.data.sampler import EpochBatches
 from scalekd.data.source import LabelledImages, SkipCounter
 from scalekd.recipe import Recipe, grad_accum_steps
+
+CPU = torch.device("cpu")
 
 
 class SeededTransform(Dataset):
@@ -27,16 +31,14 @@ class SeededTransform(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, seed = item
-        random.seed(seed)  # timm's and torchvision's transforms draw from these three
-        np.random.seed(seed)
-        torch.manual_seed(seed)
+        seed_all(seed)
         image, target = self.images[index]
         return self.transform(image), target
 
 
 @dataclass
 class TrainData:
-    loader: DataLoader
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]]  # (images, targets) batches
     batches: EpochBatches
     mixup: Optional[Mixup]
     num_classes: int
@@ -44,7 +46,8 @@ class TrainData:
     grad_accum: int
     skipped: Optional[SkipCounter] = None  # data.bad_files=skip: bad files left out so far
 
-    def epoch(self, epoch: int, start_step: int = 0) -> DataLoader:
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterable[tuple[torch.Tensor,
+                                                                       torch.Tensor]]:
         """The loader for `epoch`, skipping the micro-batches of `start_step` steps (resume)."""
         self.batches.set_position(epoch, start_step * self.grad_accum)
         return self.loader
@@ -55,14 +58,11 @@ def per_process_batch(recipe: Recipe, world_size: int) -> int:
     return recipe.data.batch_size // (world_size * grad_accum_steps(recipe, world_size))
 
 
-def build_train_data(recipe: Recipe, images: LabelledImages, mean, std,
-                     rank: int, world_size: int) -> TrainData:
+def build_train_data(recipe: Recipe, images: LabelledImages, mean, std, rank: int,
+                     world_size: int, device: torch.device = CPU) -> TrainData:
+    """Batches of student-normalised images (on `device` for the ffcv source and
+    data.uint8, else on the CPU) and labels, in the order of EpochBatches."""
     d, a = recipe.data, recipe.aug
-    transform = create_transform(
-        d.input_size, is_training=True, scale=a.scale, ratio=a.ratio, hflip=a.hflip,
-        color_jitter=a.color_jitter, auto_augment=a.auto_augment or None,
-        interpolation=a.interpolation, mean=mean, std=std, re_prob=a.re_prob,
-    )
     images = _keep_labelled(images, d.labels_per_class, d.unlabelled)
     batch, accum = per_process_batch(recipe, world_size), grad_accum_steps(recipe, world_size)
     batches = EpochBatches(len(images), batch, rank, world_size, recipe.run.seed,
@@ -72,9 +72,24 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std,
             f"{len(images)} training images do not fill one optimiser step of data.batch_size="
             f"{d.batch_size}; lower data.batch_size"
         )
-    loader = DataLoader(SeededTransform(images, transform), batch_sampler=batches,
-                        num_workers=d.workers, persistent_workers=d.workers > 0,
-                        pin_memory=torch.cuda.is_available())
+    base = images.base if isinstance(images, _Subset) else images
+    if isinstance(base, BetonImages):
+        rows = images.keep if isinstance(images, _Subset) else range(len(images))
+        loader = TrainBatches(recipe, base, np.asarray(rows), images.targets, batches, mean,
+                              std, device)
+    else:
+        transform = create_transform(
+            d.input_size, is_training=True, scale=a.scale, ratio=a.ratio, hflip=a.hflip,
+            color_jitter=a.color_jitter, auto_augment=a.auto_augment or None,
+            interpolation=a.interpolation, mean=mean, std=std, re_prob=a.re_prob,
+            use_prefetcher=d.uint8,  # timm: uint8 out, normalisation and erasing left to us
+        )
+        loader = DataLoader(SeededTransform(images, transform), batch_sampler=batches,
+                            num_workers=d.workers, persistent_workers=d.workers > 0,
+                            pin_memory=torch.cuda.is_available())
+        if d.uint8:
+            loader = _Finished(loader, batches, BatchFinish(mean, std, device,
+                                                            erase_prob=a.re_prob))
     mixup = None
     if a.mixup > 0 or a.cutmix > 0:
         mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, label_smoothing=a.smoothing,
@@ -83,18 +98,38 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std,
                      batches.batches_per_epoch // accum, accum, images.skipped)
 
 
+class _Finished:
+    """The uint8 batches of `loader`, finished on the batch (on_batch.BatchFinish) with the
+    seeds of the samples `batches` put in them."""
+
+    def __init__(self, loader: DataLoader, batches: EpochBatches, finish: BatchFinish):
+        self.loader, self.batches, self.finish = loader, batches, finish
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch, (images, targets) in zip(self.batches, self.loader):
+            yield self.finish(images, [seed for _, seed in batch]), targets
+
+
 def build_eval_loader(recipe: Recipe, images: LabelledImages, mean, std, rank: int,
-                      world_size: int, input_size: Optional[int] = None) -> DataLoader:
+                      world_size: int, input_size: Optional[int] = None,
+                      device: torch.device = CPU) -> Iterable[tuple[torch.Tensor,
+                                                                    torch.Tensor]]:
     """Each rank gets the same number of batches (ZeRO-3 forwards are collective); padding
     items are marked with target -1 and not counted."""
     d = recipe.data
+    batch = d.eval_batch_size or per_process_batch(recipe, world_size)
+    if isinstance(images, BetonImages):
+        return EvalBatches(recipe, images, mean, std, rank, world_size, batch,
+                           input_size or d.input_size, device)
     transform = create_transform(input_size or d.input_size, is_training=False,
                                  interpolation=recipe.aug.interpolation, mean=mean, std=std,
                                  crop_pct=recipe.aug.crop_pct)
     per_rank = -(-len(images) // world_size)
     indices = list(range(rank, len(images), world_size))
     indices += [-1] * (per_rank - len(indices))
-    batch = d.eval_batch_size or per_process_batch(recipe, world_size)
     return DataLoader(_Padded(images, transform, indices), batch_size=batch,
                       num_workers=d.workers, shuffle=False)
 

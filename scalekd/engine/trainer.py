@@ -161,9 +161,10 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     norm = data_config(recipe.student.name)
     rank, world = accelerator.process_index, accelerator.num_processes
     data = build_train_data(recipe, source.load(recipe.data, recipe.data.train_split),
-                            norm["mean"], norm["std"], rank, world)
+                            norm["mean"], norm["std"], rank, world, accelerator.device)
     val_images = source.load(recipe.data, recipe.data.val_split)
-    val_loader = build_eval_loader(recipe, val_images, norm["mean"], norm["std"], rank, world)
+    val_loader = build_eval_loader(recipe, val_images, norm["mean"], norm["std"], rank, world,
+                                   device=accelerator.device)
 
     # models: the teacher first (its feature shapes size the students' projectors); the
     # students (with their optimisers) go through accelerate, the teacher never

@@ -44,3 +44,16 @@ def test_transfer_set_keeps_every_image_with_the_same_labels_kept():
     labelled = np.flatnonzero(targets >= 0).tolist()
     assert labelled == subset.loader.dataset.images.keep
     assert all(targets[i] == images.targets[i] for i in labelled)
+
+
+def test_uint8_batches_match_the_float_path():
+    """data.uint8=true: the same crops and RandAugment, normalised on the batch instead."""
+    aug = ("aug.auto_augment=rand-m7-mstd0.5", "data.batch_size=20")
+    r, images = synthetic(*aug)
+    floats = list(build_train_data(r, images, *NORM, 0, 1).epoch(1, start_step=3))
+    r8, _ = synthetic(*aug, "data.uint8=true")
+    uint8 = list(build_train_data(r8, images, *NORM, 0, 1).epoch(1, start_step=3))
+    assert len(uint8) == len(floats) == 7
+    for (a, ya), (b, yb) in zip(floats, uint8):
+        assert b.dtype == torch.float32 and torch.allclose(a, b, atol=1e-5)
+        assert torch.equal(ya, yb)

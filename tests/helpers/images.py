@@ -52,3 +52,18 @@ def index_of(images, mean: float = 0.5, std: float = 0.5) -> list[int]:
     pixels = (images.float().mean(dim=(1, 2, 3)) * std + mean) * 255
     return ((pixels - level(0)) / 4).round().long().tolist()
 
+
+def need_ffcv() -> None:
+    """Skip the calling test module without ffcv, except under CI (CI=...), where its absence
+    is a failure: CI installs it (.ci/run) and must not skip these tests silently."""
+    import os
+
+    import pytest
+
+    from scalekd.data.ffcv_source import ffcv_problems
+
+    problems = ffcv_problems()  # imports ffcv, keeping torch's thread count
+    if problems and os.environ.get("CI"):
+        pytest.fail(f"CI is set and {problems[0]}", pytrace=False)
+    if problems:
+        pytest.skip(problems[0], allow_module_level=True)
