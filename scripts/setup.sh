@@ -2,18 +2,37 @@
 # Sets up everything scalekd needs on a fresh machine: Fashion-MNIST from Debian's packages
 # (the quickstart's data; elsewhere torchvision downloads the same files on first use) and a
 # virtual environment with the pinned Python stack. Safe to run again.
+#   SCALEKD_EXTRAS=ffcv bash scripts/setup.sh   also the FFCV loaders: Debian's OpenCV,
+#                                               libturbojpeg and pkg-config, then the ffcv extra
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
+EXTRAS=${SCALEKD_EXTRAS:-}
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+APT_UPDATED=""
+apt_install() {  # apt_install PACKAGE...: update the package lists once per run
+  [ -n "$APT_UPDATED" ] || { $SUDO apt-get update -qq && APT_UPDATED=1; }
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@"
+}
 
 if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && command -v apt-get >/dev/null; then
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist; }; then
+  if ! apt_install dataset-fashion-mnist; then
     echo "setup: could not install dataset-fashion-mnist; the quickstart will download Fashion-MNIST" >&2
   fi
 fi
 
+pip_extras=dev
+case ",$EXTRAS," in
+  *,ffcv,*)
+    # ffcv builds from source against the system's OpenCV and libturbojpeg, and links them
+    if ! pkg-config --exists opencv4 libturbojpeg 2>/dev/null; then
+      command -v apt-get >/dev/null || { echo "setup: install OpenCV, libturbojpeg and pkg-config for ffcv" >&2; exit 1; }
+      apt_install libturbojpeg0-dev libopencv-dev pkg-config
+    fi
+    pip_extras=dev,ffcv ;;
+esac
+
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/pip" install -q -c constraints.txt -e ".[dev]"
+"$VENV/bin/pip" install -q -c constraints.txt -e ".[$pip_extras]"
 echo "setup: done; activate with 'source $VENV/bin/activate'"
