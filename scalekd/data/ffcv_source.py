@@ -98,7 +98,7 @@ class FFCVSource:
             if not (beton.is_file() and beton.with_suffix(".json").is_file()):
                 problems.append(
                     f"data.source=ffcv: {beton} (and its .json) does not exist; write it with "
-                    f"`scalekd make-beton --source imagefolder --path <tree> --out {cfg.path}`")
+                    f"`scalekd make-beton --out {cfg.path} data.path=<image-folder tree>`")
         return problems
 
     @staticmethod
@@ -115,7 +115,7 @@ class _Order:
     (`order(loader)`); the rows it returns are whatever the caller set before the epoch."""
 
     def __init__(self, rows: np.ndarray):
-        from ffcv.traversal_order.base import TraversalOrder
+        from ffcv.traversal_order.base import TraversalOrder  # optional: imported when used
 
         class Replay(TraversalOrder):
             def __init__(self, rows):
@@ -173,9 +173,10 @@ class TrainBatches:
         d, a = recipe.data, recipe.aug
         self.rows, self.batches = np.asarray(rows), batches
         self.targets = torch.as_tensor(targets, dtype=torch.long)
-        # RandAugment / colour jitter exactly as timm builds them for the imagefolder source
+        # RandAugment / colour jitter as timm builds them for the imagefolder source (without
+        # the no-op jitter timm adds for color_jitter=0, which would cost a PIL round trip)
         _, per_sample, _ = create_transform(
-            d.input_size, is_training=True, color_jitter=a.color_jitter,
+            d.input_size, is_training=True, color_jitter=a.color_jitter or None,
             auto_augment=a.auto_augment or None, interpolation=a.interpolation, mean=mean,
             std=std, separate=True)
         self.finish = BatchFinish(mean, std, device, per_sample if per_sample.transforms

@@ -88,9 +88,10 @@ def test_resume_mid_epoch_continues_the_order(ranks):
     assert delivered(rank0, 3) != full  # a new order every epoch
 
 
-def test_randaugment_is_applied_after_decoding(betons):
+def test_randaugment_is_applied_after_decoding(betons, ranks):
     from timm.data.auto_augment import RandAugment
 
+    assert ranks[2][0].loader.finish.per_sample is None  # nothing to do per image without it
     r = recipe(betons, "aug.auto_augment=rand-m7-mstd0.5")
     data = build_train_data(r, SOURCES["ffcv"].load(r.data, "train"), *NORM, 0, 1)
     ops = data.loader.finish.per_sample.transforms
