@@ -100,6 +100,16 @@ def test_randaugment_is_applied_after_decoding(betons, ranks):
     assert ops[0].ops[0].magnitude_std == 0.5
 
 
+def test_labelled_subsets_read_their_own_rows(betons):
+    r = recipe(betons, "data.labels_per_class=2", "data.unlabelled=true")
+    train = build_train_data(r, SOURCES["ffcv"].load(r.data, "train"), *NORM, 0, 1).loader
+    assert train.rows.tolist() == list(range(4 * PER_CLASS))  # every image, 8 with labels
+    assert (train.targets >= 0).sum() == 8 and set(train.targets.tolist()) == {-1, 0, 1, 2, 3}
+    r = recipe(betons, "data.labels_per_class=2", "data.batch_size=4")
+    train = build_train_data(r, SOURCES["ffcv"].load(r.data, "train"), *NORM, 0, 1).loader
+    assert len(train.rows) == 8 and train.targets.tolist() == [i // PER_CLASS for i in train.rows]
+
+
 def test_evaluation_shards_are_padded_and_labelled(betons):
     r = recipe(betons, "aug.crop_pct=1.0")
     val = SOURCES["ffcv"].load(r.data, "val")
