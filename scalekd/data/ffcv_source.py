@@ -140,6 +140,7 @@ def _loader(cfg: DataCfg, beton: BetonImages, batch: int, order: _Order, pipelin
 
         return Loader(str(beton.path), batch_size=batch, num_workers=max(cfg.workers, 1),
                       os_cache=cfg.os_cache, order=order.order, drop_last=False,
+                      seed=0,  # unused by our order; None would draw one from numpy's RNG
                       pipelines={"image": pipeline, "label": None})  # labels: ours
 
 

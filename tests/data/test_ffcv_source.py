@@ -88,6 +88,24 @@ def test_resume_mid_epoch_continues_the_order(ranks):
     assert delivered(rank0, 3) != full  # a new order every epoch
 
 
+def test_the_trainers_thread_count_and_rng_are_left_alone(ranks):
+    import numpy as np
+
+    _, _, (rank0, _) = ranks
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # FFCV sets its own worker count (2) when an epoch starts
+    try:
+        np.random.seed(0)
+        expected = np.random.rand()
+        np.random.seed(0)
+        for b, _ in enumerate(rank0.epoch(4)):
+            if b == 1:
+                break  # and leaving an epoch early stops FFCV's thread
+        assert torch.get_num_threads() == 1 and np.random.rand() == expected
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_randaugment_is_applied_after_decoding(betons, ranks):
     from timm.data.auto_augment import RandAugment
 
