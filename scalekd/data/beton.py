@@ -1,6 +1,6 @@
 """Write FFCV .beton files from any source (`scalekd make-beton`): `<out>/<split>.beton` with
-the images and labels, and `<out>/<split>.json` with the class names (a .beton has no place for
-them) and how it was written."""
+the images and labels, and `<out>/<split>.json` with the class and image names (a .beton has no place
+for them) and how it was written."""
 
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ def write_beton(images: LabelledImages, path: Path, write_mode: str = "jpg",
     skipped = images.skipped.count if images.skipped is not None else 0
     path.with_suffix(".json").write_text(json.dumps({
         "classes": list(images.classes), "num_images": len(images), "skipped": skipped,
+        "names": [images.name(i) for i in range(len(images))],  # what re-labelled sets key by
         "write_mode": write_mode, "max_side": max_side, "jpeg_quality": jpeg_quality,
     }, indent=2))
     return path

@@ -67,7 +67,8 @@ def ffcv_problems() -> list[str]:
 
 
 class BetonImages(LabelledImages):
-    """A split's .beton: classes from its .json, labels from its metadata (no image read)."""
+    """A split's .beton: class and image names from its .json, labels from its metadata (no
+    image is read)."""
 
     def __init__(self, path: Path):
         with torch_threads_kept():
@@ -75,7 +76,7 @@ class BetonImages(LabelledImages):
 
             reader = Reader(str(path))
         meta = json.loads(path.with_suffix(".json").read_text())
-        self.path, self.classes = path, meta["classes"]
+        self.path, self.classes, self.names = path, meta["classes"], meta["names"]
         label = list(reader.handlers).index("label")
         self.targets = reader.metadata[f"f{label}"].astype(np.int64).tolist()
         if meta.get("skipped"):
@@ -84,6 +85,9 @@ class BetonImages(LabelledImages):
 
     def image(self, index: int):
         raise TypeError(f"{self.path} is read a batch at a time, through FFCV's Loader")
+
+    def name(self, index: int) -> str:
+        return self.names[index]
 
 
 class FFCVSource:

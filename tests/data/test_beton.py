@@ -29,6 +29,7 @@ def test_writes_every_split_with_its_classes_and_labels(tree, tmp_path):
     folder = SOURCES["imagefolder"].load(DataCfg(path=str(tree)), "train")
     beton = SOURCES["ffcv"].load(DataCfg(source="ffcv", path=str(tmp_path / "b")), "train")
     assert beton.classes == folder.classes and beton.targets == folder.targets
+    assert [beton.name(i) for i in range(30)] == [folder.name(i) for i in range(30)]
     meta = json.loads((tmp_path / "b" / "val.json").read_text())
     assert meta["num_images"] == 10 and meta["skipped"] == 0 and meta["max_side"] == 32
 
