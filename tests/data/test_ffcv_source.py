@@ -167,3 +167,21 @@ def test_trains_from_a_beton_end_to_end(tmp_path, tiny_run):
         "data.workers=2", "run.max_steps=2", "aug.auto_augment=rand-m7-mstd0.5",
         "aug.mixup=0.2", "aug.cutmix=1.0"))
     assert result.steps == 2 and 0 <= result.metrics["eval/top1"] <= 100
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_train_from_a_beton(tmp_path, tiny_run):
+    """2 DDP processes over gloo, each with its own FFCV loader on the same file (os_cache),
+    repeated augmentation across them; the run ends, evaluates and exits cleanly."""
+    from helpers.runs import launch_command, run, scalars
+
+    jpeg_tree(tmp_path / "tree", {"train": 8, "val": 2})  # 10 classes
+    main(["make-beton", "--out", str(tmp_path / "beton"), f"data.path={tmp_path / 'tree'}",
+          "--max-side", "36"])
+    overrides = tiny_run(tmp_path / "run", "data.source=ffcv", f"data.path={tmp_path / 'beton'}",
+                         "data.workers=1", "aug.repeated_aug=3", "run.max_steps=3",
+                         "run.log_every=1", "aug.auto_augment=rand-m7-mstd0.5")
+    run(launch_command(overrides, deepspeed=False), tmp_path / "log", timeout=600)
+    assert sorted(scalars(tmp_path / "run")["loss/total"]) == [1, 2, 3]
+    assert (tmp_path / "run" / "metrics.json").is_file()
