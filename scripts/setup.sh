@@ -25,10 +25,16 @@ fi
 pip_extras=dev
 case ",$EXTRAS," in
   *,ffcv,*)
-    # ffcv builds from source against the system's OpenCV and libturbojpeg, and links them
-    if ! pkg-config --exists opencv4 libturbojpeg 2>/dev/null; then
-      command -v apt-get >/dev/null || { echo "setup: install OpenCV, libturbojpeg and pkg-config for ffcv" >&2; exit 1; }
-      apt_install libturbojpeg0-dev libopencv-dev pkg-config
+    # ffcv builds from source (C++, Python headers) against the system's OpenCV and
+    # libturbojpeg, and links them
+    missing=""
+    pkg-config --exists opencv4 libturbojpeg 2>/dev/null || missing="libturbojpeg0-dev libopencv-dev pkg-config"
+    command -v g++ >/dev/null || missing="$missing g++"
+    "$PYTHON" -c 'import os, sysconfig; assert os.path.isfile(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null || missing="$missing python3-dev"
+    if [ -n "$missing" ]; then
+      command -v apt-get >/dev/null || { echo "setup: ffcv needs $missing (or your OS's equivalents)" >&2; exit 1; }
+      # shellcheck disable=SC2086
+      apt_install $missing
     fi
     pip_extras=dev,ffcv ;;
 esac
