@@ -95,9 +95,9 @@ def test_accumulation_derived_from_the_device_batch_keeps_the_global_batch(tmp_p
     """Global batch 16: micro-batches of at most 8 mean 2 accumulated micro-batches a step, the
     run data.grad_accum=2 gives, and the same optimiser steps as one batch of 16."""
     runs = {name: tmp_path / name for name in ("derived", "explicit", "whole")}
-    train_in_process(tiny_run(runs["derived"], "data.device_batch=8"))
-    train_in_process(tiny_run(runs["explicit"], "data.grad_accum=2"))
-    train_in_process(tiny_run(runs["whole"]))
+    train_in_process(tiny_run(runs["derived"], "data.device_batch=8", "run.log_every=1"))
+    train_in_process(tiny_run(runs["explicit"], "data.grad_accum=2", "run.log_every=1"))
+    train_in_process(tiny_run(runs["whole"], "run.log_every=1"))
     derived, explicit, whole = (exported(runs[n]) for n in ("derived", "explicit", "whole"))
     for key, value in derived.items():
         assert torch.equal(value, explicit[key]), key
