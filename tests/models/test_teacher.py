@@ -96,11 +96,36 @@ def test_hub_teacher_with_other_classes_is_refused():
         create_teacher(cfg, 10, STUDENT_MEAN, STUDENT_STD, 32)
 
 
-def test_hub_failure_names_the_fix(monkeypatch):
+def offline_hub(monkeypatch, cache) -> None:
+    """The hub as on a compute node without internet: offline, with `cache` as its cache (no
+    network time-outs, and no weights from this machine's own cache)."""
     import huggingface_hub.constants
 
-    # offline as on a compute node without internet, without waiting for network time-outs
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+
+def test_hub_teacher_loads_weights_from_the_hub_cache(monkeypatch, tmp_path):
+    """The hub path end to end, with weights we save ourselves where the hub client keeps
+    downloads (a user's machine after its first download)."""
+    name = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    repo = timm.models.get_pretrained_cfg(name).hf_hub_id
+    snapshot = tmp_path / f"models--{repo.replace('/', '--')}" / "snapshots" / "local"
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("local")
+    torch.manual_seed(0)
+    saved = timm.create_model("vit_tiny_patch16_224", num_classes=1000, **KW)
+    save_file(saved.state_dict(), snapshot / "model.safetensors")
+    offline_hub(monkeypatch, tmp_path)
+    cfg = TeacherCfg(name=name, pretrained=True, kwargs=KW, dtype="fp32")
+    teacher = create_teacher(cfg, 1000, STUDENT_MEAN, STUDENT_STD, 32)
+    for key, value in saved.state_dict().items():
+        assert torch.equal(teacher.model.state_dict()[key], value), key
+
+
+def test_hub_failure_names_the_fix(monkeypatch, tmp_path):
+    offline_hub(monkeypatch, tmp_path)  # an empty cache: nothing to load
     cfg = TeacherCfg(name="vit_tiny_patch16_224.augreg_in21k_ft_in1k", pretrained=True)
     with pytest.raises(RuntimeError, match="pass teacher.checkpoint="):
         create_teacher(cfg, 1000, STUDENT_MEAN, STUDENT_STD, 32)
