@@ -55,12 +55,10 @@ class SavedRun:
     def num_classes(self) -> int:
         return len(self.images.classes)
 
-    def loader(self, batch_size: int = 0) -> DataLoader:
+    def loader(self) -> DataLoader:
         """The evaluation split in order (image i of the split is item i), one process."""
         norm = data_config(self.recipe.student.name)
-        recipe = (apply_overrides(self.recipe, [f"data.eval_batch_size={batch_size}"])
-                  if batch_size else self.recipe)
-        return build_eval_loader(recipe, self.images, norm["mean"], norm["std"], 0, 1)
+        return build_eval_loader(self.recipe, self.images, norm["mean"], norm["std"], 0, 1)
 
     def student(self, weights: Optional[Path] = None, ema: bool = False) -> nn.Module:
         """The student in eval mode: from `weights` (an exported .safetensors), else the run's
