@@ -108,6 +108,10 @@ class TeacherCfg:
     kwargs: dict[str, Any] = field(default_factory=dict)
     input_size: int = 0  # the teacher's resolution; 0: the student's
     dtype: str = "bf16"  # bf16 | fp32 for the teacher's forward
+    # sdpa | eager | xformers, for the teacher's and CAP's attention (scalekd/models/attention.py)
+    attention: str = "sdpa"
+    channels_last: bool = False  # NHWC weights and inputs (faster convolutions: CNN teachers)
+    compile: bool = False  # torch.compile the teacher's forward (logit methods)
     placement: str = "replicated"  # replicated | zero3 (its own ZeRO-3 inference engine)
 
 
@@ -380,6 +384,11 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
                 f"its terms are {list(method.loss_terms)}"
             )
         problems += method.recipe_problems(r)
+        if r.teacher.compile and method.needs_features:
+            problems.append(
+                f"teacher.compile=true: distill.method={r.distill.method!r} taps the teacher's "
+                "features with hooks, which torch.compile would re-trace every step; compile "
+                "serves logit methods: set teacher.compile=false")
     for label, path in (("teacher.checkpoint", r.teacher.checkpoint),
                         ("student.checkpoint", r.student.checkpoint)):
         if path and not Path(path).is_file():
@@ -439,6 +448,11 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         (r.teacher.dtype in ("bf16", "fp32"), "teacher.dtype must be bf16 or fp32"),
         (r.teacher.placement in ("replicated", "zero3"),
          "teacher.placement must be replicated or zero3"),
+        (r.teacher.attention in ("sdpa", "eager", "xformers"),
+         f"teacher.attention={r.teacher.attention!r} must be sdpa, eager or xformers"),
+        (not (r.teacher.compile and r.teacher.placement == "zero3"),
+         "teacher.compile=true needs teacher.placement=replicated (DeepSpeed runs a sharded "
+         "teacher's forward itself)"),
         (0 <= r.ema.decay < 1, "ema.decay must be in [0, 1)"),
         (r.checkpoint.keep >= 1, "checkpoint.keep must be at least 1"),
         (r.dist.zero_stage in (-1, 0, 2, 3), "dist.zero_stage must be -1 (launcher), 0, 2 or 3"),

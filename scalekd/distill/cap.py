@@ -16,17 +16,19 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import LayerNorm2d, Mlp, trunc_normal_
 
+from scalekd.models.attention import attend
 from scalekd.models.taps import map_to_tokens
 
 
 class CrossAttentionProjector(nn.Module):
     def __init__(self, in_chs: int, student_grid: tuple[int, int], out_chs: int,
                  query_grid: tuple[int, int], heads: int, softmax_scale: float = 5.0,
-                 batch_norm: bool = True, learned_queries: bool = True):
+                 batch_norm: bool = True, learned_queries: bool = True,
+                 attention: str = "sdpa"):
         super().__init__()
+        self.attention = attention  # backend name: scalekd/models/attention.py
         if out_chs % heads:
             raise ValueError(f"CAP width {out_chs} is not divisible by {heads} heads")
         self.heads, self.query_grid = heads, query_grid
@@ -59,6 +61,6 @@ class CrossAttentionProjector(nn.Module):
         b, n, c = queries.shape
         q = self.q(queries).view(b, n, self.heads, -1).transpose(1, 2)
         k, v = self.kv(tokens).view(b, tokens.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        attended = attend(q, k, v, scale=self.scale, backend=self.attention)
         x = self.norm(self.out(attended.transpose(1, 2).reshape(b, n, c)))
         return x + self.ffn(x)

@@ -62,7 +62,8 @@ class ScaleKD(Distiller):
         def cap(in_c, grid, out_c, q_grid, wanted_heads, learned):
             return CrossAttentionProjector(in_c, tuple(grid), out_c, tuple(q_grid),
                                            fitted_heads(out_c, wanted_heads),
-                                           d.cap_softmax_scale, batch_norm, learned)
+                                           d.cap_softmax_scale, batch_norm, learned,
+                                           recipe.teacher.attention)
 
         self.mimics = nn.ModuleDict()
         if d.dfm_beta > 0:

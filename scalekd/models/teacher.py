@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from scalekd.models.attention import set_fused_attention, timm_attention
 from scalekd.models.teacher_stages import TeacherStages
 from scalekd.recipe import TeacherCfg
 
@@ -30,10 +31,19 @@ class TeacherOutput:
 
 class FrozenTeacher(nn.Module):
     def __init__(self, model: nn.Module, student_mean, student_std, teacher_mean, teacher_std,
-                 input_size: Optional[int], dtype: torch.dtype = torch.float32):
+                 input_size: Optional[int], dtype: torch.dtype = torch.float32,
+                 attention: str = "sdpa", channels_last: bool = False, compile: bool = False):
         super().__init__()
         self.model = model.eval().requires_grad_(False).to(dtype)
         self.dtype, self.input_size = dtype, input_size
+        self.attention = attention
+        set_fused_attention(self.model, attention)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        # compiled lazily on the first forward, once the module sits on its device; the
+        # uncompiled module stays `self.model` (checkpoint keys, feature taps, sharding)
+        self.compile = compile
+        self._compiled: Optional[Callable] = None
         s_mean, s_std = _channels(student_mean), _channels(student_std)
         t_mean, t_std = _channels(teacher_mean), _channels(teacher_std)
         # x_t = (x_s * s_std + s_mean - t_mean) / t_std, folded into one scale and shift
@@ -51,15 +61,30 @@ class FrozenTeacher(nn.Module):
         if self.input_size and x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bicubic",
                               align_corners=False)
-        return x.to(self.dtype)
+        return x.to(self.dtype).contiguous(memory_format=self.memory_format)
+
+    def runner(self) -> Callable:
+        if self.engine is not None:
+            return self.engine
+        if self.compile and self._compiled is None:
+            # the bound forward, not the module: an nn.Module attribute would join state_dict
+            self._compiled = torch.compile(self.model.forward)
+        return self._compiled or self.model
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> TeacherOutput:
-        runner = self.engine if self.engine is not None else self.model
         x = self.prepare_input(images)
-        if self.stages is None:
-            return TeacherOutput(logits=runner(x).float())
-        logits, features, proxy = self.stages.forward(self.model, runner, x, self.with_proxy)
+        with timm_attention(self.model, self.attention, x.device):
+            if self.stages is None:
+                return TeacherOutput(logits=self.runner()(x).float())
+            logits, features, proxy = self.stages.forward(self.model, self.runner(), x,
+                                                          self.with_proxy)
+        if proxy is not None:  # called later, by the distiller: on the same attention backend
+            path = proxy
+
+            def proxy(fmap: torch.Tensor) -> torch.Tensor:
+                with timm_attention(self.model, self.attention, fmap.device):
+                    return path(fmap)
         return TeacherOutput(logits.float(), features, proxy)
 
     def enable_features(self, with_proxy: bool, device: torch.device) -> dict[str, tuple]:
@@ -109,4 +134,5 @@ def create_teacher(cfg: TeacherCfg, num_classes: int, student_mean, student_std,
     pcfg = model.pretrained_cfg
     dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
     return FrozenTeacher(model, student_mean, student_std, pcfg["mean"], pcfg["std"],
-                         cfg.input_size or student_size, dtype)
+                         cfg.input_size or student_size, dtype, cfg.attention, cfg.channels_last,
+                         cfg.compile)

@@ -3,16 +3,15 @@ lines up and trains a step; gradients reach student and projectors, never the te
 teacher cannot leave eval mode; the ablation switches build what they say."""
 
 import pytest
-import timm
 import torch
 
 from scalekd.engine.trainer import build_student
 from scalekd.models.teacher import FrozenTeacher
 from scalekd.recipe import Recipe, apply_overrides
 
+from helpers.tiny_models import SWIN, TEACHERS, make_teacher
+
 SIZE = 64  # the students' resolution: a 2x2 map at 1/32
-SWIN = {"img_size": 64, "depths": (1, 1, 1, 1), "window_size": 2, "embed_dim": 24,
-        "num_heads": (1, 1, 1, 1)}
 STUDENTS = {
     "resnet18d": {},  # ResNet-D, BatchNorm
     "mobilenetv3_small_050": {},
@@ -21,24 +20,6 @@ STUDENTS = {
     "vit_tiny_patch16_224": {"img_size": 64, "depth": 4},  # tokens with a class token
     "mixer_s16_224": {"img_size": 64},  # tokens without prefix
 }
-TEACHERS = {  # name: (kwargs, input size)
-    "vit_tiny_patch16_224": ({"img_size": 64, "depth": 4}, 64),
-    "beitv2_base_patch16_224": ({"img_size": 64, "depth": 4, "embed_dim": 64, "num_heads": 2},
-                                64),
-    "vit_small_patch14_reg4_dinov2": ({"img_size": 56, "depth": 4, "embed_dim": 64,
-                                       "num_heads": 2}, 56),  # patch 14, 4 registers
-    "eva02_tiny_patch14_224": ({"img_size": 56, "depth": 4}, 56),  # rotary embedding
-    "swin_tiny_patch4_window7_224": (SWIN, 64),
-    "resnet18": ({}, 64),  # no final norm
-}
-
-
-def make_teacher(name: str, dtype=torch.float32) -> FrozenTeacher:
-    kwargs, size = TEACHERS[name]
-    torch.manual_seed(1)
-    model = timm.create_model(name, num_classes=10, **kwargs)
-    cfg = model.pretrained_cfg
-    return FrozenTeacher(model, cfg["mean"], cfg["std"], cfg["mean"], cfg["std"], size, dtype)
 
 
 def scalekd_recipe(student: str, *extra: str) -> Recipe:
