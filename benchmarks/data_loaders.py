@@ -12,7 +12,9 @@ flip + RandAugment rand-m7-mstd0.5). Loaders:
 
   imagefolder+PIL   data.source=imagefolder: PIL decode, timm's transforms, float tensors
   imagefolder uint8 the same with data.uint8=true: uint8 crops, normalised on the batch
-  ffcv              data.source=ffcv: FFCV's decoder (crop, flip); RandAugment after decoding
+  ffcv              data.source=ffcv: FFCV's decoder (crop, flip); RandAugment after decoding,
+                    in 2 processes a batch ahead (data.augment_workers)
+  ffcv, aug in loop the same with RandAugment in the training process (data.augment_workers=0)
 
 Ratios matter more than absolute numbers: the machine's load is printed with the table.
 """
@@ -37,6 +39,7 @@ LOADERS = {
     "imagefolder+PIL": ["data.source=imagefolder"],
     "imagefolder uint8": ["data.source=imagefolder", "data.uint8=true"],
     "ffcv": ["data.source=ffcv"],
+    "ffcv, aug in loop": ["data.source=ffcv", "data.augment_workers=0"],
 }
 AUGS = {"crop+flip": [], "+RandAugment": ["aug.auto_augment=rand-m7-mstd0.5"]}
 WARMUP = 3  # batches
@@ -92,7 +95,7 @@ def main() -> None:
                         write_mode="jpg", max_side=max(w, h), workers=args.workers)
             for aug, aug_overrides in AUGS.items():
                 for name, overrides in LOADERS.items():
-                    path = beton if name == "ffcv" else tree
+                    path = beton if name.startswith("ffcv") else tree
                     recipe = apply_overrides(Recipe(), [
                         f"data.path={path}", "data.batch_size=64", "data.input_size=224",
                         f"data.workers={args.workers}", *overrides, *aug_overrides])

@@ -70,6 +70,10 @@ class DataCfg:
     # node; right when it fits in RAM) or, false, FFCV's own process cache loading what each
     # epoch needs
     os_cache: bool = True
+    # ffcv source: processes applying the per-sample augmentations FFCV's decoder cannot
+    # (RandAugment, colour jitter) a batch ahead of the loop; 0: in the main process, -1: as
+    # many as data.workers
+    augment_workers: int = -1
     # imagefolder source: workers hand over uint8 crops (4x less to move), normalised per batch
     # in the main process, on the device (timm's prefetcher split of its transforms)
     uint8: bool = False
@@ -459,6 +463,8 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         (0 <= r.aug.smoothing < 1, "aug.smoothing must be in [0, 1)"),
         (r.aug.repeated_aug >= 1, "aug.repeated_aug must be >= 1"),
         (r.data.bad_files in ("error", "skip"), "data.bad_files must be error or skip"),
+        (r.data.augment_workers >= -1, "data.augment_workers must be -1 (data.workers), 0 (the "
+         "main process) or a process count"),
         (r.data.input_size >= 8, f"data.input_size={r.data.input_size} is too small"),
         (r.checkpoint.resume in ("auto", "never") or Path(r.checkpoint.resume).is_dir(),
          f"checkpoint.resume={r.checkpoint.resume!r} must be auto, never or a checkpoint folder"),

@@ -4,11 +4,11 @@
 its own threads (`data.workers` of them): training images with a random-resized crop
 (aug.scale, aug.ratio) and a flip (aug.hflip), evaluation images with a centre crop of
 aug.crop_pct; its resizes are OpenCV's INTER_AREA, not aug.interpolation. What FFCV's numba
-pipeline cannot express runs after decoding, on the batch, in the main process
-(scalekd.data.on_batch): timm's RandAugment / colour jitter on each image, normalisation to the
-student's mean/std on the device (uint8 until then; CPU and CUDA alike, no cupy), random
-erasing; Mixup/CutMix on the batch in the trainer, as for every source. Teacher and student see
-the same batch.
+pipeline cannot express runs after decoding, on the batch: timm's RandAugment / colour jitter
+on each image, in data.augment_workers processes a batch ahead (scalekd.data.augment_pool),
+then in the main process (scalekd.data.on_batch) normalisation to the student's mean/std on
+the device (uint8 until then; CPU and CUDA alike, no cupy) and random erasing; Mixup/CutMix
+on the batch in the trainer, as for every source. Teacher and student see the same batch.
 
 Order: not FFCV's. QUASI_RANDOM does not support distributed loading at all, and RANDOM with
 distributed=True shards like DistributedSampler but knows neither repeated augmentation nor
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from timm.data import create_transform
 
+from scalekd.data.augment_pool import AugmentPool
 from scalekd.data.imagefolder import check_same_classes
 from scalekd.data.on_batch import BatchFinish
 from scalekd.data.sampler import EpochBatches
@@ -184,8 +185,12 @@ class TrainBatches:
             d.input_size, is_training=True, color_jitter=a.color_jitter or None,
             auto_augment=a.auto_augment or None, interpolation=a.interpolation, mean=mean,
             std=std, separate=True)
-        self.finish = BatchFinish(mean, std, device, per_sample if per_sample.transforms
-                                  else None, a.re_prob)
+        per_sample = per_sample if per_sample.transforms else None
+        workers = d.workers if d.augment_workers < 0 else d.augment_workers
+        self.pool = (AugmentPool(per_sample, workers, batches.batch_size, d.input_size)
+                     if per_sample is not None and workers > 0 else None)
+        self.finish = BatchFinish(mean, std, device, None if self.pool else per_sample,
+                                  a.re_prob)
         pipeline = [RandomResizedCropRGBImageDecoder((d.input_size, d.input_size),
                                                      scale=a.scale, ratio=a.ratio)]
         if a.hflip > 0:
@@ -203,9 +208,16 @@ class TrainBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         batches = list(self.batches)  # from the position TrainData.epoch set
         self.order.set(self._rows(batches))
-        for batch, images in zip(batches, _epoch(self.loader)):
-            index = [i for i, _ in batch]
-            yield self.finish(images, [s for _, s in batch]), self.targets[index]
+        seeds = [[s for _, s in batch] for batch in batches]
+        epoch = _epoch(self.loader)
+        decoded = epoch if self.pool is None else self.pool.map(zip(epoch, seeds))
+        try:
+            for batch, batch_seeds, images in zip(batches, seeds, decoded):
+                yield self.finish(images, batch_seeds), self.targets[[i for i, _ in batch]]
+        finally:  # left early: the pool's tasks end, then FFCV's thread
+            if decoded is not epoch:
+                decoded.close()
+            epoch.close()
 
 
 class EvalBatches:

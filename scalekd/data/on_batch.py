@@ -38,6 +38,15 @@ def rng_restored() -> Iterator[None]:
         torch.set_rng_state(state[2])
 
 
+def augment_in_place(pixels: np.ndarray, seeds: Sequence[int], transform: Callable) -> None:
+    """Apply `transform` (PIL -> PIL) to each uint8 HWC image of `pixels`, its RNGs seeded by
+    its seed; the global RNGs are left as found."""
+    with rng_restored():
+        for i, seed in enumerate(seeds):
+            seed_all(seed)
+            pixels[i] = np.asarray(transform(Image.fromarray(pixels[i])))
+
+
 class BatchFinish:
     """uint8 (N, 3, H, W) batch + the samples' seeds -> normalised float batch on `device`.
 
@@ -58,11 +67,8 @@ class BatchFinish:
         if self.per_sample is not None or self.erase is not None:
             assert seeds is not None and len(seeds) == len(images), "one seed per image"
         if self.per_sample is not None:
-            pixels = images.permute(0, 2, 3, 1).numpy()  # NHWC view of the same memory
-            with rng_restored():
-                for i, seed in enumerate(seeds):
-                    seed_all(seed)
-                    pixels[i] = np.asarray(self.per_sample(Image.fromarray(pixels[i])))
+            # an NHWC view of the same memory
+            augment_in_place(images.permute(0, 2, 3, 1).numpy(), seeds, self.per_sample)
         # FFCV's buffers are pinned when CUDA is there; a slot is rewritten only batches later
         x = images.to(self.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
         if self.erase is not None:

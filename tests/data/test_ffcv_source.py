@@ -109,13 +109,30 @@ def test_the_trainers_thread_count_and_rng_are_left_alone(ranks):
 def test_randaugment_is_applied_after_decoding(betons, ranks):
     from timm.data.auto_augment import RandAugment
 
-    assert ranks[2][0].loader.finish.per_sample is None  # nothing to do per image without it
-    r = recipe(betons, "aug.auto_augment=rand-m7-mstd0.5")
+    assert ranks[2][0].loader.pool is None  # nothing to do per image without it
+    assert ranks[2][0].loader.finish.per_sample is None
+    r = recipe(betons, "aug.auto_augment=rand-m7-mstd0.5", "data.augment_workers=0")
     data = build_train_data(r, SOURCES["ffcv"].load(r.data, "train"), *NORM, 0, 1)
     ops = data.loader.finish.per_sample.transforms
     assert [type(op) for op in ops] == [RandAugment]
     assert ops[0].num_layers == 2 and ops[0].ops[0].magnitude == 7
     assert ops[0].ops[0].magnitude_std == 0.5
+
+
+def test_augment_processes_deliver_the_main_process_batches(betons):
+    """RandAugment in 2 processes a batch ahead = in the main process, image for image (a
+    crop of the whole square image and no flip make FFCV's decoding deterministic)."""
+    fixed = ("aug.auto_augment=rand-m7-mstd0.5", "aug.scale=(1.0,1.0)", "aug.ratio=(1.0,1.0)",
+             "aug.hflip=0")
+    epochs = {}
+    for workers in (0, 2):
+        r = recipe(betons, *fixed, f"data.augment_workers={workers}")
+        data = build_train_data(r, SOURCES["ffcv"].load(r.data, "train"), *NORM, 0, 1)
+        assert (data.loader.pool is None) == (workers == 0)
+        epochs[workers] = list(data.epoch(1)) + list(data.epoch(2, 3))  # and resumed mid-epoch
+    assert len(epochs[0]) == len(epochs[2]) == 6 + 3  # 48 images, batches of 8
+    for (x0, y0), (x2, y2) in zip(epochs[0], epochs[2]):
+        assert torch.equal(x0, x2) and torch.equal(y0, y2)
 
 
 def test_labelled_subsets_read_their_own_rows(betons):
