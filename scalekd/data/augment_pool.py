@@ -14,6 +14,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import torch
@@ -81,6 +82,12 @@ class AugmentPool:
         return slot, n, tasks
 
     def _collect(self, slot: int, n: int, tasks: list[Future]) -> torch.Tensor:
-        for task in tasks:
-            task.result()  # re-raises a worker's error here
+        try:
+            for task in tasks:
+                task.result()  # re-raises a worker's error here
+        except BrokenProcessPool as err:
+            raise RuntimeError(
+                "an augmentation worker died (data.augment_workers). Spawned workers import "
+                "the main script again: if it starts training outside an `if __name__ == "
+                "'__main__':` block, add one; or set data.augment_workers=0") from err
         return self.slots[slot, :n].permute(0, 3, 1, 2)  # NCHW view, channels_last as FFCV's
