@@ -55,5 +55,42 @@ class EpochBatches:
         return np.repeat(perm, self.repeats)[: self.num_samples]
 
 
-def sample_seed(seed: int, epoch: int, position: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1)[0])
+class MixedBatches(EpochBatches):
+    """EpochBatches over real images with as many synthetic ones (data.mixed) beside them:
+    every per-process micro-batch is `batch_size` real items (EpochBatches' order over indices
+    [0, num_real)) followed by `batch_size` synthetic ones (indices num_real + [0,
+    num_synthetic)), so real and synthetic images are sampled 1:1 in every batch, as the
+    task-specific distillation paper samples them "with equal frequency". An epoch is still
+    one pass over the real images. The synthetic items form one stream over the whole run,
+    cut in seeded permutations of the synthetic set (each synthetic image once per cycle);
+    like the real order, position q of the stream and its augmentation seed are functions of
+    (seed, q) alone, so resuming mid-epoch continues the same stream.
+    """
+
+    def __init__(self, num_real: int, num_synthetic: int, batch_size: int, rank: int,
+                 world_size: int, seed: int, repeats: int = 1, multiple_of: int = 1):
+        super().__init__(num_real, batch_size, rank, world_size, seed, repeats, multiple_of)
+        self.num_synthetic = num_synthetic
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        span = self.batch_size * self.world_size
+        cycles: dict[int, np.ndarray] = {}
+        for m, real in zip(range(self.start, self.batches_per_epoch), super().__iter__()):
+            first = (self.epoch * self.batches_per_epoch + m) * span
+            synthetic = []
+            for q in range(first + self.rank, first + span, self.world_size):
+                cycle, at = divmod(q, self.num_synthetic)
+                if cycle not in cycles:
+                    g = torch.Generator().manual_seed(sample_seed(self.seed, cycle, 0, SHUFFLE))
+                    cycles[cycle] = torch.randperm(self.num_synthetic, generator=g).numpy()
+                synthetic.append((self.num_samples + int(cycles[cycle][at]),
+                                  sample_seed(self.seed, 0, q, SYNTHETIC)))
+            yield real + synthetic
+
+
+SYNTHETIC, SHUFFLE = 1, 2  # seed streams of MixedBatches, apart from the real images' (0)
+
+
+def sample_seed(seed: int, epoch: int, position: int, stream: int = 0) -> int:
+    key = [seed, epoch, position] + ([stream] if stream else [])
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
