@@ -63,6 +63,9 @@ class DataCfg:
     unlabelled: bool = False  # with labels_per_class: keep the other images, without labels,
     #                           as a transfer set that feeds only the distillation terms
     num_samples: int = 0  # synthetic source: images per split
+    # a folder written by `scalekd mix`: its images join training, unlabelled (-1, so only the
+    # distillation terms see them), half of every micro-batch (sampler.MixedBatches)
+    mixed: str = ""
     # a corrupt or truncated image, a non-image file: error (naming the file) | skip (leave it
     # out or replace it by the next readable image, warn, count in TensorBoard data/skipped)
     bad_files: str = "error"
@@ -439,6 +442,8 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
     if (r.aug.mixup > 0 or r.aug.cutmix > 0) and r.data.unlabelled:
         problems.append("Mixup/CutMix cannot mix labels of unlabelled images: set aug.mixup=0 "
                         "aug.cutmix=0 or data.unlabelled=false")
+    if r.data.mixed:
+        problems += _mixed_problems(r, method, per_step)
 
     checks = [
         (r.run.epochs > 0, "run.epochs must be positive"),
@@ -490,6 +495,26 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         )
     if problems:
         raise RecipeError(problems)
+
+
+def _mixed_problems(r: Recipe, method, per_step: int) -> list[str]:
+    from scalekd.data.mix_folder import mixed_problems
+
+    problems = mixed_problems(r.data)
+    if method is not None and not method.needs_teacher:
+        problems.append(f"data.mixed: synthetic images only feed distillation terms, and "
+                        f"distill.method={r.distill.method!r} has none")
+    if r.aug.mixup > 0 or r.aug.cutmix > 0:
+        # the paper mixes only real images; Image Mixer outputs are mixes already
+        problems.append("data.mixed: Mixup/CutMix would mix the labels of synthetic images, "
+                        "which have none: set aug.mixup=0 aug.cutmix=0")
+    if r.data.source == "ffcv":
+        problems.append("data.mixed reads image files: use the imagefolder source with it, "
+                        "not data.source=ffcv")
+    if (r.data.batch_size // per_step) % 2:
+        problems.append(f"data.mixed: every micro-batch is half real, half synthetic, so the "
+                        f"per-process micro-batch ({r.data.batch_size // per_step}) must be even")
+    return problems
 
 
 # optimisers whose update depends on whole-tensor norms (so not on a ZeRO partition)

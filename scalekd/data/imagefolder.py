@@ -40,12 +40,7 @@ class ImageFolderSource(LabelledImages):
         self.skipped = SkipCounter(len(non_images)) if bad_files == "skip" else None
 
     def image(self, index: int) -> Image.Image:
-        path = self.samples[index][0]
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")  # decodes the whole file: truncation shows here
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise UnreadableImage(f"cannot read image {path}: {err}") from err
+        return open_rgb(self.samples[index][0])
 
     def name(self, index: int) -> str:
         return Path(self.samples[index][0]).name
@@ -70,6 +65,15 @@ class ImageFolderSource(LabelledImages):
             train_classes, _ = find_classes(Path(cfg.path) / cfg.train_split)
             check_same_classes(data.classes, train_classes, split, cfg.train_split)
         return data
+
+
+def open_rgb(path: str) -> Image.Image:
+    """The decoded RGB image at `path`, or UnreadableImage naming the file."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")  # decodes the whole file: truncation shows here
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise UnreadableImage(f"cannot read image {path}: {err}") from err
 
 
 def scan(root: Path) -> tuple[list[str], list[tuple[str, int]], list[Path]]:

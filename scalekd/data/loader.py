@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -13,7 +14,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from scalekd.data.ffcv_source import BetonImages, EvalBatches, TrainBatches
 from scalekd.data.on_batch import BatchFinish, seed_all
-from scalekd.data.sampler import EpochBatches
+from scalekd.data.mix_folder import MixedImages, WithMixed
+from scalekd.data.sampler import EpochBatches, MixedBatches
 from scalekd.data.source import LabelledImages, SkipCounter
 from scalekd.recipe import Recipe, grad_accum_steps
 
@@ -61,16 +63,23 @@ def per_process_batch(recipe: Recipe, world_size: int) -> int:
 def build_train_data(recipe: Recipe, images: LabelledImages, mean, std, rank: int,
                      world_size: int, device: torch.device = CPU) -> TrainData:
     """Batches of student-normalised images (on `device` for the ffcv source and
-    data.uint8, else on the CPU) and labels, in the order of EpochBatches."""
+    data.uint8, else on the CPU) and labels, in the order of EpochBatches (MixedBatches with
+    data.mixed)."""
     d, a = recipe.data, recipe.aug
     images = _keep_labelled(images, d.labels_per_class, d.unlabelled)
     batch, accum = per_process_batch(recipe, world_size), grad_accum_steps(recipe, world_size)
-    batches = EpochBatches(len(images), batch, rank, world_size, recipe.run.seed,
-                           repeats=a.repeated_aug, multiple_of=accum)
+    if d.mixed:  # half of every micro-batch real, half synthetic (label -1)
+        mixed = MixedImages(Path(d.mixed))
+        batches = MixedBatches(len(images), len(mixed), batch // 2, rank, world_size,
+                               recipe.run.seed, repeats=a.repeated_aug, multiple_of=accum)
+        images = WithMixed(images, mixed)
+    else:
+        batches = EpochBatches(len(images), batch, rank, world_size, recipe.run.seed,
+                               repeats=a.repeated_aug, multiple_of=accum)
     if batches.batches_per_epoch == 0:
         raise ValueError(
-            f"{len(images)} training images do not fill one optimiser step of data.batch_size="
-            f"{d.batch_size}; lower data.batch_size"
+            f"{batches.num_samples} training images do not fill one optimiser step of "
+            f"data.batch_size={d.batch_size}; lower data.batch_size"
         )
     base = images.base if isinstance(images, _Subset) else images
     if isinstance(base, BetonImages):
