@@ -4,6 +4,7 @@
 # virtual environment with the pinned Python stack. Safe to run again.
 #   SCALEKD_EXTRAS=ffcv bash scripts/setup.sh   also the FFCV loaders: Debian's OpenCV,
 #                                               libturbojpeg and pkg-config, then the ffcv extra
+#   SCALEKD_EXTRAS=ffcv,mix bash scripts/setup.sh   also diffusers for `scalekd mix`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -36,7 +37,10 @@ case ",$EXTRAS," in
       # shellcheck disable=SC2086
       apt_install $missing
     fi
-    pip_extras=dev,ffcv ;;
+    pip_extras=$pip_extras,ffcv ;;
+esac
+case ",$EXTRAS," in
+  *,mix,*) pip_extras=$pip_extras,mix ;;  # diffusers (pure Python) for `scalekd mix`
 esac
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
