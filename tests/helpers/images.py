@@ -54,16 +54,9 @@ def index_of(images, mean: float = 0.5, std: float = 0.5) -> list[int]:
 
 
 def need_ffcv() -> None:
-    """Skip the calling test module without ffcv, except under CI (CI=...), where its absence
-    is a failure: CI installs it (.ci/run) and must not skip these tests silently."""
-    import os
-
-    import pytest
-
+    """Skip the calling test module without ffcv (fail under CI: helpers.extras)."""
+    from helpers.extras import require_extra
     from scalekd.data.ffcv_source import ffcv_problems
 
     problems = ffcv_problems()  # imports ffcv, keeping torch's thread count
-    if problems and os.environ.get("CI"):
-        pytest.fail(f"CI is set and {problems[0]}", pytrace=False)
-    if problems:
-        pytest.skip(problems[0], allow_module_level=True)
+    require_extra(problems[0] if problems else None)

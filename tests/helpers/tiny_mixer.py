@@ -7,18 +7,13 @@ from pathlib import Path
 
 
 def need_diffusers() -> None:
-    """Skip the calling test module without diffusers (the `mix` extra), except under CI
-    (CI=...), where its absence is a failure: CI installs it (.ci/run)."""
+    """Skip the calling test module without diffusers (fail under CI: helpers.extras)."""
     import importlib.util
-    import os
 
-    import pytest
+    from helpers.extras import require_extra
 
-    if importlib.util.find_spec("diffusers") is None:
-        message = "diffusers is not installed (pip install -e '.[mix]')"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and {message}", pytrace=False)
-        pytest.skip(message, allow_module_level=True)
+    require_extra("diffusers is not installed (pip install -e '.[mix]')"
+                  if importlib.util.find_spec("diffusers") is None else None)
 
 
 def write_tiny_mixer(folder: Path, seed: int = 0) -> Path:
