@@ -60,6 +60,8 @@ class DataCfg:
     workers: int = 4
     input_size: int = 224  # the student's resolution
     labels_per_class: int = 0  # keep this many labelled training images per class (0: all)
+    classes: tuple[int, ...] = ()  # only these classes of the source, relabelled 0..k-1 in this
+    #                                order (e.g. (5, 6, 7, 8, 9)); (): all
     unlabelled: bool = False  # with labels_per_class: keep the other images, without labels,
     #                           as a transfer set that feeds only the distillation terms
     num_samples: int = 0  # synthetic source: images per split
@@ -354,6 +356,7 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
     import timm
 
     from scalekd.data import SOURCES
+    from scalekd.data.classes import check_classes
     from scalekd.distill import DISTILLERS
 
     problems: list[str] = []
@@ -407,7 +410,7 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
             f"data.source={r.data.source!r} is unknown; choose one of {', '.join(sorted(SOURCES))}"
         )
     else:
-        problems += source.check(r.data)
+        problems += source.check(r.data) + check_classes(r.data)
 
     accum = grad_accum_steps(r, world_size)
     per_step = world_size * max(accum, 1)

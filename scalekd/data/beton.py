@@ -68,13 +68,14 @@ def make_betons(cfg: DataCfg, out: Path, splits: Optional[list[str]] = None,
                 **options) -> list[Path]:
     """One .beton per split of the source `cfg` describes (default: its train and val splits)."""
     from scalekd.data import SOURCES
+    from scalekd.data.classes import check_classes, load_split
 
-    problems = ffcv_problems() + SOURCES[cfg.source].check(cfg)
+    problems = ffcv_problems() + SOURCES[cfg.source].check(cfg) + check_classes(cfg)
     if problems:
         raise ValueError("\n".join(problems))
     paths = []
     for split in splits or [cfg.train_split, cfg.val_split]:
-        images = SOURCES[cfg.source].load(cfg, split)
+        images = load_split(cfg, split)
         paths.append(write_beton(images, Path(out) / f"{split}.beton", **options))
     return paths
 

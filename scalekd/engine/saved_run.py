@@ -14,7 +14,8 @@ import torch.nn as nn
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from scalekd.data import SOURCES, build_eval_loader
+from scalekd.data import build_eval_loader
+from scalekd.data.classes import load_split
 from scalekd.data.source import LabelledImages
 from scalekd.engine.checkpoint import Checkpoints, ema_file
 from scalekd.models import FrozenTeacher, create_student, create_teacher, data_config
@@ -47,8 +48,7 @@ class SavedRun:
     def images(self) -> LabelledImages:
         """The evaluation split."""
         if self._images is None:
-            self._images = SOURCES[self.recipe.data.source].load(self.recipe.data,
-                                                                 self.recipe.data.val_split)
+            self._images = load_split(self.recipe.data, self.recipe.data.val_split)
         return self._images
 
     @property

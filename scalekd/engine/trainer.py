@@ -23,7 +23,8 @@ from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
 
-from scalekd.data import SOURCES, build_eval_loader, build_train_data
+from scalekd.data import build_eval_loader, build_train_data
+from scalekd.data.classes import load_split
 from scalekd.distill import DISTILLERS, Distiller, FeatureShapes, create_distiller
 from scalekd.engine.checkpoint import Checkpoints, CheckpointWriteError
 from scalekd.engine.distributed import (build_accelerator, launched_world_size,
@@ -157,12 +158,11 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         (run_dir / "trainer.pid").write_text(f"{os.getpid()}\n")
 
     # data: student normalisation; the teacher re-normalises the same augmented pixels
-    source = SOURCES[recipe.data.source]
     norm = data_config(recipe.student.name)
     rank, world = accelerator.process_index, accelerator.num_processes
-    data = build_train_data(recipe, source.load(recipe.data, recipe.data.train_split),
+    data = build_train_data(recipe, load_split(recipe.data, recipe.data.train_split),
                             norm["mean"], norm["std"], rank, world, accelerator.device)
-    val_images = source.load(recipe.data, recipe.data.val_split)
+    val_images = load_split(recipe.data, recipe.data.val_split)
     val_loader = build_eval_loader(recipe, val_images, norm["mean"], norm["std"], rank, world,
                                    device=accelerator.device)
 
