@@ -116,6 +116,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     mix.add_argument("overrides", nargs="*",
                      help="data.* fields of the training images: data.source=imagefolder "
                           "(default), data.path=..., data.train_split=...")
+    probe = commands.add_parser(
+        "probe", help="train a linear or MLP head on a frozen teacher's features (lr grid "
+        "searched); its output folder is a teacher: teacher.probe=DIR",
+        description="e.g. `scalekd probe teacher.name=vit_giant_patch14_dinov2 "
+                    "teacher.checkpoint=dinov2_g.safetensors data.path=/data/cub "
+                    "probe.blocks=3 probe.patch_mean=false run.dir=runs/probe_cub`; writes "
+                    "run.dir/probe.json and head.safetensors (scalekd/probe.py)")
+    probe.add_argument("overrides", nargs="*", help="section.field=value (teacher.*, data.*, "
+                       "aug.interpolation/crop_pct, probe.*, run.dir, run.seed)")
     args = parser.parse_args(argv)
     if args.command == "train":
         sys.argv = [args.recipe, *args.overrides]
@@ -129,6 +138,14 @@ def main(argv: Optional[list[str]] = None) -> None:
             print(path)
     elif args.command == "diagnose":
         _diagnose(args)
+    elif args.command == "probe":
+        from scalekd.probe import probe as run_probe
+
+        try:
+            run_probe(apply_overrides(Recipe(), args.overrides))
+        except RecipeError as err:
+            print(f"scalekd probe: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
     elif args.command == "make-beton":
         from scalekd.data.beton import make_betons
 

@@ -122,6 +122,9 @@ class TeacherCfg:
     channels_last: bool = False  # NHWC weights and inputs (faster convolutions: CNN teachers)
     compile: bool = False  # torch.compile the teacher's forward (logit methods)
     placement: str = "replicated"  # replicated | zero3 (its own ZeRO-3 inference engine)
+    # a `scalekd probe` output folder: the teacher is this encoder (name, checkpoint) with the
+    # head trained there on its frozen features; logit methods only
+    probe: str = ""
 
 
 @dataclass
@@ -183,6 +186,24 @@ class EvalCfg:
 
 
 @dataclass
+class ProbeCfg:
+    """`scalekd probe`: a head trained on the frozen teacher's features (scalekd/probe.py)."""
+
+    head: str = "mlp"  # linear | mlp (one hidden layer)
+    hidden: int = 0  # the MLP's width; 0: the teacher's embedding width
+    blocks: int = 4  # class-token encoders: the class tokens of the last 1..4 blocks
+    patch_mean: bool = True  # and the mean of the last block's patch tokens
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)  # AdamW, grid searched
+    epochs: int = 30
+    batch_size: int = 256
+    weight_decay: float = 0.0
+    # share of the training images held out (stratified, seeded) to pick the lr; 0: pick on
+    # data.val_split (a data set with a validation split of its own)
+    val_fraction: float = 0.1
+    refit: bool = True  # retrain the chosen lr on every training image (held-out ones too)
+
+
+@dataclass
 class Recipe:
     run: RunCfg = field(default_factory=RunCfg)
     data: DataCfg = field(default_factory=DataCfg)
@@ -195,6 +216,7 @@ class Recipe:
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
     dist: DistCfg = field(default_factory=DistCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
+    probe: ProbeCfg = field(default_factory=ProbeCfg)
     # More students trained beside this one on the same batches and the same teacher forward
     # (VanillaKD trains students this way to pay the teacher once): name -> overrides of this
     # recipe's student.*, distill.*, optim.* and ema.* fields, e.g.
@@ -399,6 +421,8 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
                 f"teacher.compile=true: distill.method={r.distill.method!r} taps the teacher's "
                 "features with hooks, which torch.compile would re-trace every step; compile "
                 "serves logit methods: set teacher.compile=false")
+    if r.teacher.probe and method is not None and method.needs_teacher:
+        problems += _probe_problems(r, method)
     for label, path in (("teacher.checkpoint", r.teacher.checkpoint),
                         ("student.checkpoint", r.student.checkpoint)):
         if path and not Path(path).is_file():
@@ -517,6 +541,18 @@ def _mixed_problems(r: Recipe, method, per_step: int) -> list[str]:
     if (r.data.batch_size // per_step) % 2:
         problems.append(f"data.mixed: every micro-batch is half real, half synthetic, so the "
                         f"per-process micro-batch ({r.data.batch_size // per_step}) must be even")
+    return problems
+
+
+def _probe_problems(r: Recipe, method: Any) -> list[str]:
+    from scalekd.data.classes import known_classes
+    from scalekd.models.probe import probe_problems
+
+    problems = probe_problems(r.teacher, r.data, r.teacher.input_size or r.data.input_size,
+                              known_classes(r.data))
+    if method.needs_features:
+        problems.append(f"teacher.probe serves logit methods; distill.method="
+                        f"{r.distill.method!r} taps the teacher's feature maps")
     return problems
 
 

@@ -4,22 +4,21 @@ some classes, then probe and distil on the others)."""
 
 from __future__ import annotations
 
+from typing import Optional
+
+from scalekd.data import SOURCES
 from scalekd.data.source import LabelledImages
 from scalekd.recipe import DataCfg
 
 
 def load_split(cfg: DataCfg, split: str) -> LabelledImages:
     """The split as a run sees it: the source's images, restricted to `data.classes`."""
-    from scalekd.data import SOURCES  # the registry imports every source, and this module
-
     images = SOURCES[cfg.source].load(cfg, split)
     return ClassSubset(images, cfg.classes) if cfg.classes else images
 
 
 def check_classes(cfg: DataCfg) -> list[str]:
     """Problems with `data.classes`, found without reading the data."""
-    from scalekd.data import SOURCES
-
     if not cfg.classes:
         return []
     classes = list(cfg.classes)
@@ -34,6 +33,15 @@ def check_classes(cfg: DataCfg) -> list[str]:
         problems.append("data.classes with data.source=ffcv: write a .beton of the subset "
                         "instead (`scalekd make-beton` from a source with data.classes)")
     return problems
+
+
+def known_classes(cfg: DataCfg) -> Optional[list[str]]:
+    """The class names a run will see, for sources whose classes are fixed (Fashion-MNIST,
+    synthetic); None where only reading the data tells (image folders, .beton files)."""
+    names = getattr(SOURCES.get(cfg.source), "classes", None)
+    if not isinstance(names, list) or (cfg.classes and max(cfg.classes) >= len(names)):
+        return None
+    return [names[c] for c in cfg.classes] if cfg.classes else list(names)
 
 
 class ClassSubset(LabelledImages):

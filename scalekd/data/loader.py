@@ -66,7 +66,7 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std, rank: in
     data.uint8, else on the CPU) and labels, in the order of EpochBatches (MixedBatches with
     data.mixed)."""
     d, a = recipe.data, recipe.aug
-    images = _keep_labelled(images, d.labels_per_class, d.unlabelled)
+    images = keep_labelled(images, d.labels_per_class, d.unlabelled)
     batch, accum = per_process_batch(recipe, world_size), grad_accum_steps(recipe, world_size)
     if d.mixed:  # half of every micro-batch real, half synthetic (label -1)
         mixed = MixedImages(Path(d.mixed))
@@ -156,7 +156,8 @@ class _Padded(Dataset):
         return self.transform(image), target if index >= 0 else -1
 
 
-def _keep_labelled(images: LabelledImages, per_class: int, unlabelled: bool) -> LabelledImages:
+def keep_labelled(images: LabelledImages, per_class: int,
+                  unlabelled: bool = False) -> LabelledImages:
     """Keep `per_class` labels per class, chosen once (seed 0) for every run and seed; the other
     images are dropped, or kept with label -1 (`unlabelled`: a transfer set for distillation)."""
     if not per_class:

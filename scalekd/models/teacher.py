@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scalekd.models.attention import set_fused_attention, timm_attention
+from scalekd.models.probe import create_probed_model
 from scalekd.models.teacher_stages import TeacherStages
 from scalekd.recipe import TeacherCfg
 
@@ -108,7 +109,9 @@ def _channels(values) -> torch.Tensor:
 
 def create_teacher(cfg: TeacherCfg, num_classes: int, student_mean, student_std,
                    student_size: int) -> FrozenTeacher:
-    if cfg.checkpoint:
+    if cfg.probe:  # encoder + the head `scalekd probe` trained on its features
+        model = create_probed_model(cfg, num_classes)
+    elif cfg.checkpoint:
         model = timm.create_model(
             cfg.name, pretrained=True, num_classes=num_classes,
             pretrained_cfg_overlay=dict(file=cfg.checkpoint, num_classes=num_classes),

@@ -1,0 +1,123 @@
+"""Probe features (DINOv2's recipe), heads, and the probed teacher built from a probe folder."""
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from helpers.probes import probe_overrides
+from helpers.runs import TINY_VIT
+from scalekd.models.probe import HEAD_FILE, make_head, probe_features
+from scalekd.models.teacher import create_teacher
+from scalekd.probe import probe
+from scalekd.recipe import Recipe, RecipeError, apply_overrides, validate
+
+VIT = {"img_size": 32, "depth": 4, "embed_dim": 48}
+
+
+def manual_features(model, x, blocks, patch_mean):
+    """DINOv2's create_linear_input, written out on timm's ViT modules."""
+    x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
+    outputs = []
+    for block in model.blocks:
+        x = block(x)
+        outputs.append(model.norm(x))
+    parts = [out[:, 0] for out in outputs[-blocks:]]
+    if patch_mean:
+        parts.append(outputs[-1][:, model.num_prefix_tokens:].mean(dim=1))
+    return torch.cat(parts, dim=-1)
+
+
+@pytest.mark.parametrize("blocks", [1, 2, 3, 4])
+@pytest.mark.parametrize("patch_mean", [False, True])
+def test_vit_features_are_last_class_tokens_and_patch_mean(blocks, patch_mean):
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", num_classes=0, **VIT).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        features = probe_features(model, x, blocks, patch_mean)
+        want = manual_features(model, x, blocks, patch_mean)
+    assert features.shape == (3, 48 * (blocks + patch_mean))
+    assert torch.allclose(features, want, atol=1e-6)
+
+
+def test_registers_are_not_patches():
+    torch.manual_seed(0)
+    model = timm.create_model("vit_small_patch14_reg4_dinov2", num_classes=0, img_size=28,
+                              depth=2, embed_dim=32, num_heads=2).eval()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(probe_features(model, x, 2, True),
+                              manual_features(model, x, 2, True), atol=1e-6)
+
+
+def test_cnn_features_are_the_pooled_feature():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=0).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(probe_features(model, x, 4, True), model(x))  # 512 pooled
+
+
+def test_heads():
+    assert isinstance(make_head("linear", 240, 5, 0), torch.nn.Linear)
+    mlp = make_head("mlp", 240, 5, 48)
+    assert [tuple(p.shape) for p in mlp.parameters()] == [(48, 240), (48,), (5, 48), (5,)]
+
+
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory, tiny_teacher):
+    out = tmp_path_factory.mktemp("probe")
+    probe(apply_overrides(Recipe(), probe_overrides(out, tiny_teacher)))
+    return out
+
+
+def test_probed_teacher_logits_are_head_of_features(probe_dir, tiny_teacher):
+    recipe = apply_overrides(Recipe(), probe_overrides("unused", tiny_teacher,
+                                                       f"teacher.probe={probe_dir}"))
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    teacher = create_teacher(recipe.teacher, 10, mean, std, 32)
+    encoder = timm.create_model("vit_tiny_patch16_224", pretrained=True, num_classes=0,
+                                pretrained_cfg_overlay=dict(file=str(tiny_teacher)),
+                                **eval(TINY_VIT)).eval()
+    head = make_head("mlp", 192 * 3, 10, 192)
+    head.load_state_dict(load_file(probe_dir / HEAD_FILE))
+    x = torch.randn(4, 3, 32, 32)
+    t_mean = torch.tensor(encoder.pretrained_cfg["mean"]).view(1, 3, 1, 1)
+    t_std = torch.tensor(encoder.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = head(probe_features(encoder, ((x * 0.25 + 0.5) - t_mean) / t_std, 2, True))
+    assert torch.allclose(teacher(x).logits, want, atol=1e-5)
+    teacher.train()
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert not any(m.training for m in teacher.modules())  # the head is frozen as well
+
+
+def kd_recipe(probe_dir, checkpoint, *extra):
+    return apply_overrides(Recipe(), probe_overrides("unused", checkpoint,
+                                                     f"teacher.probe={probe_dir}",
+                                                     "student.name=resnet18", *extra))
+
+
+def test_mismatched_probe_folders_are_refused_before_compute(probe_dir, tiny_teacher, tmp_path):
+    validate(kd_recipe(probe_dir, tiny_teacher))
+    cases = {
+        "is not a probe folder (no probe.json or head.safetensors)": [
+            f"teacher.probe={tmp_path}"],
+        "probed teacher 'vit_tiny_patch16_224', not teacher.name='vit_small_patch16_224'": [
+            "teacher.name=vit_small_patch16_224"],
+        "predicts 10 classes, the data has 5": ["data.classes=(0,1,2,3,4)"],
+        "computed the teacher's features at 32 px, this run feeds it 64 px": [
+            "data.input_size=64"],
+        "teacher.probe serves logit methods": ["distill.method=scalekd"],
+    }
+    for message, overrides in cases.items():
+        with pytest.raises(RecipeError) as err:
+            validate(kd_recipe(probe_dir, tiny_teacher, *overrides))
+        assert any(message in p for p in err.value.problems), err.value.problems
+
+
+def test_class_count_is_checked_on_data_read_at_run_time(probe_dir, tiny_teacher):
+    recipe = kd_recipe(probe_dir, tiny_teacher)
+    with pytest.raises(ValueError, match="predicts 10 classes, the data has 7"):
+        create_teacher(recipe.teacher, 7, (0.5,) * 3, (0.25,) * 3, 32)
