@@ -24,6 +24,18 @@ def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None):
         raise SystemExit(2) from None
 
 
+def run_probe(recipe: Recipe, argv: Optional[list[str]] = None):
+    """Apply command-line overrides to `recipe` and probe its teacher (scalekd/probe.py); a bad
+    recipe exits with its problems listed (status 2) before anything is built."""
+    from scalekd.probe import probe
+
+    try:
+        return probe(apply_overrides(recipe, sys.argv[1:] if argv is None else argv))
+    except RecipeError as err:
+        print(f"scalekd probe: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="scalekd", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -139,13 +151,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     elif args.command == "diagnose":
         _diagnose(args)
     elif args.command == "probe":
-        from scalekd.probe import probe as run_probe
-
-        try:
-            run_probe(apply_overrides(Recipe(), args.overrides))
-        except RecipeError as err:
-            print(f"scalekd probe: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
+        run_probe(Recipe(), args.overrides)
     elif args.command == "make-beton":
         from scalekd.data.beton import make_betons
 
