@@ -6,13 +6,12 @@ without image mixing): student alone vs KD from the probed teacher, over seeds.
 
 The pretrained encoder stands in for DINOv2: a small ViT (patch 4 on 32 px, 4 blocks of width
 128) trained supervised on classes 0-4 (t-shirt ... coat) with all their labels for one epoch,
-once, cached.
-The downstream task is the other classes, 5-9 (sandal ... ankle boot), with `--labels` labels
-per class: the encoder is probed on them (MLP head on its last 4 class tokens + patch mean, lr
-grid on 10% held out, then refit; once, cached), then per seed one run trains two MobileNetV3-
-small-050 students side by side on the same batches (`recipe.students`): `alone` (labels only)
-and `kd` (labels + KD from the probed teacher, alpha 0.5, T 1). Test top-1 on the 5,000 test
-images of classes 5-9. Prints the table.
+once, cached. The downstream task is the other classes, 5-9 (sandal ... ankle boot), with
+`--labels` labels per class: the encoder is probed on them (MLP head on its last 4 class tokens
++ patch mean, lr grid on 10% held out, then refit; once, cached), then per seed one run trains
+two MobileNetV3-small-050 students side by side on the same batches (`recipe.students`):
+`alone` (labels only) and `kd` (labels + KD from the probed teacher, alpha 0.5, T 1). Test top-1
+on the 5,000 test images of classes 5-9. Prints the table.
 """
 
 from __future__ import annotations
