@@ -128,6 +128,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     mix.add_argument("overrides", nargs="*",
                      help="data.* fields of the training images: data.source=imagefolder "
                           "(default), data.path=..., data.train_split=...")
+
     probe = commands.add_parser(
         "probe", help="train a linear or MLP head on a frozen teacher's features (lr grid "
         "searched); its output folder is a teacher: teacher.probe=DIR",
