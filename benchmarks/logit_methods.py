@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import runpy
-import statistics
 from pathlib import Path
 
 from scalekd.cli import run_recipe
 from scalekd.recipe import apply_overrides
+from seed_table import print_seed_table  # benchmarks/ is on sys.path
 
 QUICKSTART = runpy.run_path(str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.py"))
 
@@ -52,11 +52,7 @@ def main() -> None:
 
     print(f"\nFashion-MNIST test top-1, {kd.teacher.name} -> {kd.student.name}, "
           f"{kd.data.labels_per_class} labels per class, seeds {args.seeds}")
-    print(f"  {'method':<8}{'mean':>8}{'std':>7}  per seed")
-    for name, values in top1.items():
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"  {name:<8}{statistics.mean(values):>8.2f}{std:>7.2f}  "
-              + " ".join(f"{v:.2f}" for v in values))
+    print_seed_table(top1, "method")
 
 
 if __name__ == "__main__":

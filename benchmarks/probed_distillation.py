@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import runpy
-import statistics
 import time
 from pathlib import Path
 
 from scalekd.cli import run_probe, run_recipe
 from scalekd.models.probe import PROBE_FILE
 from scalekd.recipe import Recipe, apply_overrides
+from seed_table import print_seed_table  # benchmarks/ is on sys.path
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 PROBED_KD = runpy.run_path(str(RECIPES / "probed_kd.py"))
@@ -96,11 +96,7 @@ def main() -> None:
           "images")
     print(f"  teacher: that encoder probed on classes 5-9 ({probed['features']['kind']}, "
           f"{probed['head']['kind']} head, lr {probed['lr']:.0e}): {probed['eval_top1']:.2f}")
-    print(f"  {'student':<8}{'mean':>8}{'std':>7}  per seed")
-    for name, values in top1.items():
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"  {name:<8}{statistics.mean(values):>8.2f}{std:>7.2f}  "
-              + " / ".join(f"{v:.2f}" for v in values))
+    print_seed_table(top1)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import torch
 from scalekd.cli import run_recipe
 from scalekd.engine.logging import read_scalars
 from scalekd.recipe import Recipe, apply_overrides
+from seed_table import print_seed_table  # benchmarks/ is on sys.path
 
 QUICKSTART = runpy.run_path(str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.py"))
 ROOT = "runs/bench_scalekd"
@@ -127,12 +128,7 @@ def main() -> None:
     print(f"\nFashion-MNIST test top-1, ViT teacher ({VIT}) -> {base.student.name} at "
           f"{base.data.input_size} px, {base.data.labels_per_class} labels per class, "
           f"seeds {args.seeds}")
-    print(f"  {'student':<9}{'mean':>8}{'std':>7}  per seed")
-    for name in ORDER:
-        values = top1[name]
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"  {name:<9}{statistics.mean(values):>8.2f}{std:>7.2f}  "
-              + " ".join(f"{v:.2f}" for v in values))
+    print_seed_table({name: top1[name] for name in ORDER})
 
     memory = memory_table(base)
     print(f"\nScaleKD over vanilla KD, batch {base.data.batch_size}:")
