@@ -47,7 +47,11 @@ class EpochBatches:
         span = self.batch_size * self.world_size
         for m in range(self.start, self.start + len(self)):
             positions = range(m * span + self.rank, (m + 1) * span, self.world_size)
-            yield [(int(order[p]), sample_seed(self.seed, self.epoch, p)) for p in positions]
+            yield [self.item(order, p) for p in positions]
+
+    def item(self, order: np.ndarray, position: int) -> tuple[int, int]:
+        """The sample at global `position` of this epoch: (dataset index, augmentation seed)."""
+        return int(order[position]), sample_seed(self.seed, self.epoch, position)
 
     def global_order(self, epoch: int) -> np.ndarray:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
