@@ -138,6 +138,30 @@ def main(argv: Optional[list[str]] = None) -> None:
                     "run.dir/probe.json and head.safetensors (scalekd/probe.py)")
     probe.add_argument("overrides", nargs="*", help="section.field=value (teacher.*, data.*, "
                        "aug.interpolation/crop_pct, probe.*, run.dir, run.seed)")
+
+    cache = commands.add_parser(
+        "cache-teacher", help="store the teacher's top-k logits for K augmentation draws of "
+        "every training image (teacher.mode=cached replays them)",
+        description="Run the teacher once over --draws stored augmentation draws of each "
+                    "training image and keep its --topk log-probabilities, in shards with an "
+                    "index, e.g. `scalekd cache-teacher --recipe recipes/in1k_a1.py --out "
+                    "/data/beitv2_cache data.path=/data/imagenet`; train on it with the same "
+                    "recipe and teacher.mode=cached teacher.cache=/data/beitv2_cache. Running "
+                    "the same command again finishes an interrupted cache; under `accelerate "
+                    "launch` the processes share the shards.")
+    cache.add_argument("--out", required=True, type=Path, help="folder for the cache")
+    cache.add_argument("--recipe", type=Path,
+                       help="the training recipe file (its augmentation is the cache's); "
+                            "default: the library's defaults")
+    cache.add_argument("--draws", type=int, default=10,
+                       help="K, augmentation draws per image; epoch e replays draw e mod K")
+    cache.add_argument("--topk", type=int, default=10, help="k, logits kept per crop")
+    cache.add_argument("--shard-size", type=int, default=10_000, help="images per shard file")
+    cache.add_argument("--batch-size", type=int, default=64,
+                       help="crops per teacher forward, per process")
+    cache.add_argument("overrides", nargs="*",
+                       help="recipe overrides: teacher.*, data.*, aug.*, student.name (its "
+                            "normalisation)")
     args = parser.parse_args(argv)
     if args.command == "train":
         sys.argv = [args.recipe, *args.overrides]
@@ -168,7 +192,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         print("wrote " + ", ".join(str(p) for p in paths))
     elif args.command == "mix":
         _mix(args)
-
+    elif args.command == "cache-teacher":
+        _cache_teacher(args)
 
 def _mix(args) -> None:
     import dataclasses
@@ -206,6 +231,29 @@ def _mix(args) -> None:
         print(f"scalekd mix: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"wrote {written} image(s); {args.out} holds {total}: train with data.mixed={args.out}")
+
+
+def _cache_teacher(args) -> None:
+    from accelerate import PartialState
+
+    from scalekd.teacher_cache.writer import cache_teacher, writer_problems
+
+    base = runpy.run_path(str(args.recipe))["recipe"]() if args.recipe else Recipe()
+    try:
+        recipe = apply_overrides(base, args.overrides)
+        problems = writer_problems(recipe)
+        if problems:
+            raise RecipeError(problems)
+        state = PartialState()
+        index = cache_teacher(recipe, args.out, args.draws, args.topk, args.shard_size,
+                              args.batch_size, state.process_index, state.num_processes,
+                              state.device, state.wait_for_everyone)
+    except (RecipeError, ValueError) as err:
+        print(f"scalekd cache-teacher: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if state.is_main_process:
+        print(f"wrote {args.out} ({len(index['shards'])} shards"
+              + ("" if index["complete"] else ", not complete") + ")")
 
 
 def _eval(args) -> None:

@@ -125,6 +125,10 @@ class TeacherCfg:
     # a `scalekd probe` output folder: the teacher is this encoder (name, checkpoint) with the
     # head trained there on its frozen features; logit methods only
     probe: str = ""
+    # online: run the teacher on every batch | cached: replay the crops and top-k logits that
+    # `scalekd cache-teacher` stored in `cache` (logit methods; scalekd.teacher_cache)
+    mode: str = "online"
+    cache: str = ""
 
 
 @dataclass
@@ -380,6 +384,7 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
     from scalekd.data import SOURCES
     from scalekd.data.classes import check_classes
     from scalekd.distill import DISTILLERS
+    from scalekd.teacher_cache import cache_problems
 
     problems: list[str] = []
     r = recipe
@@ -397,13 +402,14 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
             f"choose one of {', '.join(sorted(DISTILLERS))}"
         )
     elif method.needs_teacher:
-        if not r.teacher.name:
+        online = r.teacher.mode != "cached"  # a cached teacher is the cache's (cache_problems)
+        if online and not r.teacher.name:
             problems.append(
                 f"distill.method={r.distill.method!r} needs a teacher: set teacher.name=<timm model>"
             )
-        elif not model_known(r.teacher.name):
+        elif online and not model_known(r.teacher.name):
             problems.append(_unknown_model("teacher.name", r.teacher.name))
-        elif not r.teacher.checkpoint and not r.teacher.pretrained:
+        elif online and not r.teacher.checkpoint and not r.teacher.pretrained:
             problems.append(
                 f"teacher {r.teacher.name!r} has no weights: pass teacher.checkpoint=/path/to/weights"
                 " (.safetensors or .pth), or teacher.pretrained=true to download timm's weights"
@@ -423,6 +429,7 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
                 "serves logit methods: set teacher.compile=false")
     if r.teacher.probe and method is not None and method.needs_teacher:
         problems += _probe_problems(r, method)
+    problems += cache_problems(r)
     for label, path in (("teacher.checkpoint", r.teacher.checkpoint),
                         ("student.checkpoint", r.student.checkpoint)):
         if path and not Path(path).is_file():

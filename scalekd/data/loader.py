@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -18,6 +19,8 @@ from scalekd.data.mix_folder import MixedImages, WithMixed
 from scalekd.data.sampler import EpochBatches, MixedBatches
 from scalekd.data.source import LabelledImages, SkipCounter
 from scalekd.recipe import Recipe, grad_accum_steps
+from scalekd.teacher_cache.labels import SoftLabelMixup
+from scalekd.teacher_cache.replay import replay_batches, replay_loader
 
 CPU = torch.device("cpu")
 
@@ -40,7 +43,8 @@ class SeededTransform(Dataset):
 
 @dataclass
 class TrainData:
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]]  # (images, targets) batches
+    # (images, targets) batches; teacher.mode=cached: (images, targets, teacher soft labels)
+    loader: Iterable[tuple[torch.Tensor, ...]]
     batches: EpochBatches
     mixup: Optional[Mixup]
     num_classes: int
@@ -74,8 +78,10 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std, rank: in
                                recipe.run.seed, repeats=a.repeated_aug, multiple_of=accum)
         images = WithMixed(images, mixed)
     else:
-        batches = EpochBatches(len(images), batch, rank, world_size, recipe.run.seed,
-                               repeats=a.repeated_aug, multiple_of=accum)
+        cached = recipe.teacher.mode == "cached"  # replays the crops of a teacher cache
+        sampler = partial(replay_batches, recipe) if cached else EpochBatches
+        batches = sampler(len(images), batch, rank, world_size, recipe.run.seed,
+                          repeats=a.repeated_aug, multiple_of=accum)
     if batches.batches_per_epoch == 0:
         raise ValueError(
             f"{batches.num_samples} training images do not fill one optimiser step of "
@@ -86,6 +92,9 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std, rank: in
         rows = images.keep if isinstance(images, _Subset) else range(len(images))
         loader = TrainBatches(recipe, base, np.asarray(rows), images.targets, batches, mean,
                               std, device)
+    elif cached:  # batches of (images, targets, the teacher's soft labels)
+        rows = images.keep if isinstance(images, _Subset) else range(len(images))
+        loader = replay_loader(recipe, images, rows, len(base), mean, std, batches, device)
     else:
         transform = create_transform(
             d.input_size, is_training=True, scale=a.scale, ratio=a.ratio, hflip=a.hflip,
@@ -101,8 +110,9 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std, rank: in
                                                             erase_prob=a.re_prob))
     mixup = None
     if a.mixup > 0 or a.cutmix > 0:
-        mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, label_smoothing=a.smoothing,
-                      num_classes=len(images.classes))
+        mixup = (SoftLabelMixup if cached else Mixup)(
+            mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, label_smoothing=a.smoothing,
+            num_classes=len(images.classes))
     return TrainData(loader, batches, mixup, len(images.classes),
                      batches.batches_per_epoch // accum, accum, images.skipped)
 

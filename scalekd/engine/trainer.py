@@ -38,6 +38,7 @@ from scalekd.models.taps import StudentTaps
 from scalekd.models.teacher import TeacherOutput
 from scalekd.recipe import (Recipe, recipe_changes, resolved_zero_stage, student_recipes,
                             validate)
+from scalekd.teacher_cache.labels import teacher_output as cached_teacher_output
 
 
 FINISHED = "FINISHED"  # marker file in the run folder once the whole schedule is done
@@ -172,7 +173,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     methods = [DISTILLERS[r.distill.method] for r in specs.values()]
     teacher: Optional[FrozenTeacher] = None
     teacher_shapes = None
-    if any(m.needs_teacher for m in methods):
+    if any(m.needs_teacher for m in methods) and recipe.teacher.mode == "online":
         with torch.random.fork_rng():  # the teacher's (discarded) init draws no student RNG
             teacher = create_teacher(recipe.teacher, data.num_classes, norm["mean"],
                                      norm["std"], recipe.data.input_size).to(accelerator.device)
@@ -253,14 +254,17 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     while step < total_steps:
         for s in students:
             s.model.train()
-        for images, targets in data.epoch(step // data.steps_per_epoch,
-                                          step % data.steps_per_epoch):
+        for images, targets, *soft in data.epoch(step // data.steps_per_epoch,
+                                                 step % data.steps_per_epoch):
             t_start = time.perf_counter()
             images = images.to(accelerator.device, non_blocking=True)
             targets = targets.to(accelerator.device, non_blocking=True)
             if data.mixup is not None:  # one mixed batch for teacher and students alike
-                images, targets = data.mixup(images, targets)
-            teacher_out = teacher(images) if teacher is not None else None
+                images, targets, *soft = data.mixup(images, targets, *soft)
+            if soft:  # teacher.mode=cached: the stored top-k of these crops, mixed likewise
+                teacher_out = cached_teacher_output(soft[0])
+            else:
+                teacher_out = teacher(images) if teacher is not None else None
             t_teacher = _elapsed(t_start, accelerator.device)
             with accelerator.accumulate(*[s.model for s in students]):
                 for s in students:

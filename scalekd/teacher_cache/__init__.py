@@ -1,0 +1,78 @@
+"""Cached teacher outputs replayed per crop (FKD, Shen & Xing, ECCV 2022).
+
+`scalekd cache-teacher` (writer.py) runs the teacher once over K augmentation draws of every
+training image and stores each draw (draws.py) with the teacher's top-k log-probabilities
+(store.py). A run with teacher.mode=cached and teacher.cache=DIR replays, in epoch e, draw
+(e mod K) of each image with its stored top-k (replay.py), made into dense soft labels and mixed
+by Mixup/CutMix as the images are (labels.py); the teacher is neither built nor run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from scalekd.recipe import Recipe
+
+TEACHER_MODES = ("online", "cached")
+
+
+def replay_problems(recipe: Recipe) -> list[str]:
+    """What a cache cannot be written or replayed for, whatever the cache."""
+    d, problems = recipe.data, []
+    if d.source == "ffcv":
+        problems.append("data.source=ffcv cannot use a teacher cache yet: FFCV crops inside "
+                        "its decoders, which cannot replay a stored crop; cache and train on "
+                        "the imagefolder, fashion_mnist or synthetic source")
+    if recipe.aug.interpolation == "random":
+        problems.append("aug.interpolation=random is drawn per crop and not stored in a teacher "
+                        "cache: choose one, e.g. aug.interpolation=bicubic")
+    return problems
+
+
+def cache_problems(recipe: Recipe) -> list[str]:
+    """The checks of teacher.mode / teacher.cache, for `recipe.validate`."""
+    from scalekd.distill import DISTILLERS
+    from scalekd.teacher_cache.draws import augmentation_config
+    from scalekd.teacher_cache.store import read_index
+
+    t = recipe.teacher
+    if t.mode not in TEACHER_MODES:
+        return [f"teacher.mode={t.mode!r} must be online or cached"]
+    if t.mode == "online":
+        return []
+    problems = replay_problems(recipe)
+    method = DISTILLERS.get(recipe.distill.method)
+    if method is not None and method.needs_features:
+        problems.append(
+            f"distill.method={recipe.distill.method!r} needs the online teacher: it mimics the "
+            "teacher's features (and runs its stages), which a teacher cache does not hold, "
+            "only top-k logits; use teacher.mode=online, or a logit method (kd, bkd, bkl, dkd, "
+            "dist) with the cache")
+    if recipe.data.uint8:
+        problems.append("data.uint8=true is not supported with teacher.mode=cached yet: set "
+                        "data.uint8=false")
+    if not t.cache:
+        return problems + ["teacher.mode=cached needs teacher.cache=DIR, a folder written by "
+                           "`scalekd cache-teacher --out DIR ...`"]
+    index = read_index(Path(t.cache)) if Path(t.cache).is_dir() else None
+    if index is None:
+        return problems + [f"teacher.cache={t.cache!r} holds no teacher cache (index.json): "
+                           f"write it with `scalekd cache-teacher --out {t.cache} ...`"]
+    if not index["complete"]:
+        problems.append(f"teacher.cache={t.cache!r} is incomplete: run its `scalekd "
+                        "cache-teacher` command again to finish it")
+    if t.name and t.name != index["teacher"]["name"]:
+        problems.append(f"teacher.name={t.name!r}, but teacher.cache={t.cache!r} holds the "
+                        f"outputs of {index['teacher']['name']!r}")
+    from scalekd.models import data_config
+
+    norm = data_config(recipe.student.name)
+    ours = augmentation_config(recipe, norm["mean"], norm["std"])
+    differ = [f"{key} {index['augmentation'].get(key)!r} (cache) vs {value!r}"
+              for key, value in ours.items() if index["augmentation"].get(key) != value]
+    if differ:
+        problems.append(f"teacher.cache={t.cache!r} was written under another augmentation, so "
+                        "its crops are not this run's: " + "; ".join(differ)
+                        + " (the student's normalisation counts: RandAugment fills and random "
+                        "erasing use it)")
+    return problems
