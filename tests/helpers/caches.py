@@ -7,8 +7,9 @@ from pathlib import Path
 
 from helpers.runs import tiny_overrides
 
-# an fp32 teacher: the tests compare its outputs on replayed crops with the stored ones
-CACHE_RUN = ("teacher.dtype=fp32",)
+# an fp32 teacher (the tests compare its outputs on replayed crops with the stored ones), and
+# RandAugment and random erasing, replayed from the stored seeds
+CACHE_RUN = ("teacher.dtype=fp32", "aug.auto_augment=rand-m7-mstd0.5", "aug.re_prob=0.25")
 DRAWS, TOPK, SHARD = 3, 4, 24  # 64 images: shards of 24, 24 and 16
 
 
