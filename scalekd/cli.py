@@ -234,6 +234,7 @@ def _mix(args) -> None:
 
 
 def _cache_teacher(args) -> None:
+    import torch
     from accelerate import PartialState
 
     from scalekd.teacher_cache.writer import cache_teacher, writer_problems
@@ -244,7 +245,8 @@ def _cache_teacher(args) -> None:
         problems = writer_problems(recipe)
         if problems:
             raise RecipeError(problems)
-        state = PartialState()
+        # cpu=True off CUDA: else accelerate sees no GPU and runs each process as rank 0
+        state = PartialState(cpu=not torch.cuda.is_available())
         index = cache_teacher(recipe, args.out, args.draws, args.topk, args.shard_size,
                               args.batch_size, state.process_index, state.num_processes,
                               state.device, state.wait_for_everyone)

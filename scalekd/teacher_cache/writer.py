@@ -118,6 +118,7 @@ def cache_teacher(recipe: Recipe, out: Path, draws: int, k: int, shard_size: int
                              "this one")
         index["complete"] = previous["complete"]
     main = rank == 0
+    out.mkdir(parents=True, exist_ok=True)  # every rank writes its shards here
     if main:
         write_index(out, index)
 

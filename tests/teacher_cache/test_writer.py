@@ -100,3 +100,29 @@ def test_cli_refuses_a_recipe_without_teacher_weights(tmp_path, capsys):
               "data.num_samples=8", "teacher.name=resnet18", "teacher.checkpoint="])
     assert exit_.value.code == 2
     assert "has no weights" in capsys.readouterr().err
+
+
+@pytest.mark.multiprocess
+def test_two_processes_share_the_shards(tmp_path, tiny_cache, tiny_teacher):
+    import sys
+
+    from helpers.runs import free_port, run
+
+    reference, _ = tiny_cache
+    out = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--main_process_port",
+           str(free_port()), "--multi_gpu", "-m", "scalekd.cli", "cache-teacher",
+           "--out", str(out), "--draws", str(DRAWS), "--topk", str(TOPK),
+           "--shard-size", str(SHARD), "--batch-size", "32",
+           *cache_run(tmp_path / "run", tiny_teacher)]
+    run(cmd, tmp_path / "launch.log", timeout=600)
+    log = (tmp_path / "launch.log").read_text()
+    assert log.count("ImageNet-1k") == 1  # the estimate, from the main process only
+    # rank 0's bar: shards 0 and 2, 72 + 48 crops in batches of 32 (alone: 8 batches)
+    assert "5/5" in log and "8/8" not in log
+    index = json.loads((out / "index.json").read_text())
+    assert index["complete"]
+    for name in index["shards"]:  # rank r wrote shards r, r + 2: the tensors of one process
+        got, want = load_file(str(out / name)), load_file(str(reference / name))
+        assert all(torch.equal(got[k], want[k]) for k in want)
