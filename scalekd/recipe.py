@@ -430,7 +430,9 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
     if r.teacher.probe and method is not None and method.needs_teacher:
         problems += _probe_problems(r, method)
     problems += cache_problems(r)
-    for label, path in (("teacher.checkpoint", r.teacher.checkpoint),
+    # a cached run never loads the teacher: its weights may stay where the cache was written
+    teacher_weights = r.teacher.checkpoint if r.teacher.mode != "cached" else ""
+    for label, path in (("teacher.checkpoint", teacher_weights),
                         ("student.checkpoint", r.student.checkpoint)):
         if path and not Path(path).is_file():
             problems.append(f"{label}={path!r} does not exist; give the path of a weights file")
