@@ -72,13 +72,13 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std, rank: in
     d, a = recipe.data, recipe.aug
     images = keep_labelled(images, d.labels_per_class, d.unlabelled)
     batch, accum = per_process_batch(recipe, world_size), grad_accum_steps(recipe, world_size)
+    cached = recipe.teacher.mode == "cached"  # replays the crops of a teacher cache
     if d.mixed:  # half of every micro-batch real, half synthetic (label -1)
         mixed = MixedImages(Path(d.mixed))
         batches = MixedBatches(len(images), len(mixed), batch // 2, rank, world_size,
                                recipe.run.seed, repeats=a.repeated_aug, multiple_of=accum)
         images = WithMixed(images, mixed)
     else:
-        cached = recipe.teacher.mode == "cached"  # replays the crops of a teacher cache
         sampler = partial(replay_batches, recipe) if cached else EpochBatches
         batches = sampler(len(images), batch, rank, world_size, recipe.run.seed,
                           repeats=a.repeated_aug, multiple_of=accum)

@@ -48,6 +48,9 @@ def cache_problems(recipe: Recipe) -> list[str]:
             "teacher's features (and runs its stages), which a teacher cache does not hold, "
             "only top-k logits; use teacher.mode=online, or a logit method (kd, bkd, bkl, dkd, "
             "dist) with the cache")
+    if recipe.data.mixed:
+        problems.append("data.mixed is not supported with teacher.mode=cached: the cache holds "
+                        "the real images' crops only; use teacher.mode=online with it")
     if recipe.data.uint8:
         problems.append("data.uint8=true is not supported with teacher.mode=cached yet: set "
                         "data.uint8=false")

@@ -1,5 +1,5 @@
 """teacher.mode=cached is checked with the recipe, before any compute: what a cache cannot serve
-(feature methods, the ffcv source, data.uint8) and a cache that is not this run's are refused
+(feature methods, the ffcv source, data.uint8, data.mixed) and a cache that is not this run's are refused
 with the reason; the teacher's weights are not needed."""
 
 import json
@@ -42,6 +42,7 @@ def test_scalekd_is_refused_it_needs_the_online_teacher(tiny_cache):
 @pytest.mark.parametrize("extra, message", [
     (["data.source=ffcv", "data.path=/nope"], "data.source=ffcv cannot use a teacher cache yet"),
     (["data.uint8=true"], "data.uint8=true is not supported with teacher.mode=cached yet"),
+    (["data.mixed=/nope"], "data.mixed is not supported with teacher.mode=cached"),
     (["aug.interpolation=random"], "aug.interpolation=random is drawn per crop"),
     (["teacher.mode=offline"], "teacher.mode='offline' must be online or cached"),
     (["teacher.cache="], "teacher.mode=cached needs teacher.cache=DIR"),
