@@ -42,7 +42,8 @@ def distill_recipe(labels: int) -> Recipe:
     return apply_overrides(PROBED_KD["recipe"](), [
         f"run.dir={ROOT}/{{name}}", "run.epochs=60", "data.source=fashion_mnist",
         "data.train_split=train", "data.val_split=test", "data.input_size=32",
-        "data.batch_size=100", "data.eval_batch_size=500", "data.workers=2",
+        f"data.batch_size={min(100, 5 * labels // 2)}",  # 2+ steps an epoch with few labels
+        "data.eval_batch_size=500", "data.workers=2",
         f"data.labels_per_class={labels}", "data.classes=(5,6,7,8,9)",
         "aug.auto_augment=", "aug.scale=(0.8,1.0)", "aug.interpolation=bilinear",
         "aug.crop_pct=1.0", "student.name=mobilenetv3_small_050",
@@ -58,7 +59,7 @@ def encoder_recipe(distilled: Recipe) -> Recipe:
     """The encoder's pretraining: supervised on classes 0-4, every label (30,000 images), 3
     epochs (about 4 minutes on one thread)."""
     return apply_overrides(distilled, [
-        "run.name=encoder", "run.epochs=3", "data.labels_per_class=0",
+        "run.name=encoder", "run.epochs=3", "data.labels_per_class=0", "data.batch_size=100",
         "data.classes=(0,1,2,3,4)", "student.name=vit_tiny_patch16_224",
         f"student.kwargs={VIT}", "teacher.name=", "teacher.checkpoint=", "teacher.probe=",
         "distill.method=supervised", "distill.weights={}", "optim.lr=2e-3",
