@@ -37,6 +37,7 @@ from scalekd.data import build_eval_loader
 from scalekd.data.classes import load_split
 from scalekd.data.loader import keep_labelled
 from scalekd.models import FrozenTeacher, data_config
+from scalekd.models.teacher import freeze_teacher
 from scalekd.models.probe import (HEAD_FILE, PROBE_FILE, ProbedModel, create_encoder,
                                   has_class_token, make_head, teacher_record)
 from scalekd.recipe import Recipe, RecipeError, validate
@@ -157,10 +158,7 @@ def feature_teacher(recipe: Recipe) -> FrozenTeacher:
                            f"{depth} blocks"])
     model = ProbedModel(encoder, nn.Identity(), recipe.probe.blocks, recipe.probe.patch_mean)
     norm = data_config(recipe.student.name)  # the pixels distillation hands the teacher
-    pcfg = encoder.pretrained_cfg
-    dtype = torch.bfloat16 if t.dtype == "bf16" else torch.float32
-    return FrozenTeacher(model, norm["mean"], norm["std"], pcfg["mean"], pcfg["std"],
-                         teacher_size(recipe), dtype, t.attention, t.channels_last)
+    return freeze_teacher(model, t, norm["mean"], norm["std"], recipe.data.input_size)
 
 
 def feature_kind(encoder: nn.Module, recipe: Recipe) -> str:

@@ -88,12 +88,11 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std, rank: in
             f"data.batch_size={d.batch_size}; lower data.batch_size"
         )
     base = images.base if isinstance(images, _Subset) else images
+    rows = images.keep if isinstance(images, _Subset) else range(len(images))  # of `base`
     if isinstance(base, BetonImages):
-        rows = images.keep if isinstance(images, _Subset) else range(len(images))
         loader = TrainBatches(recipe, base, np.asarray(rows), images.targets, batches, mean,
                               std, device)
     elif cached:  # batches of (images, targets, the teacher's soft labels)
-        rows = images.keep if isinstance(images, _Subset) else range(len(images))
         loader = replay_loader(recipe, images, rows, len(base), mean, std, batches, device)
     else:
         transform = create_transform(

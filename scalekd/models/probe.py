@@ -19,11 +19,11 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-import timm
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
+from scalekd.models.teacher import load_timm_model
 from scalekd.recipe import DataCfg, TeacherCfg
 
 PROBE_FILE, HEAD_FILE = "probe.json", "head.safetensors"
@@ -71,18 +71,9 @@ class ProbedModel(nn.Module):
 
 
 def create_encoder(cfg: TeacherCfg) -> nn.Module:
-    """The teacher's timm model without its classifier (num_classes=0), weights from
-    teacher.checkpoint (a classifier in the file is dropped) or from the hub."""
-    if cfg.checkpoint:
-        return timm.create_model(cfg.name, pretrained=True, num_classes=0,
-                                 pretrained_cfg_overlay=dict(file=cfg.checkpoint), **cfg.kwargs)
-    try:
-        return timm.create_model(cfg.name, pretrained=True, num_classes=0, **cfg.kwargs)
-    except Exception as err:  # no network, unknown tag, gated repo, ...
-        raise RuntimeError(
-            f"could not fetch the weights of teacher {cfg.name!r} from the Hugging Face hub "
-            f"({type(err).__name__}: {err}). Download them where there is internet and pass "
-            "teacher.checkpoint=/path/to/weights.safetensors") from err
+    """The teacher's timm model without its classifier, weights from teacher.checkpoint or
+    the hub."""
+    return load_timm_model(cfg, num_classes=0)
 
 
 def read_probe(folder: Path) -> dict[str, Any]:

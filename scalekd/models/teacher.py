@@ -16,7 +16,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from scalekd.models.attention import set_fused_attention, timm_attention
-from scalekd.models.probe import create_probed_model
 from scalekd.models.teacher_stages import TeacherStages
 from scalekd.recipe import TeacherCfg
 
@@ -107,35 +106,48 @@ def _channels(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
 
 
-def create_teacher(cfg: TeacherCfg, num_classes: int, student_mean, student_std,
-                   student_size: int) -> FrozenTeacher:
-    if cfg.probe:  # encoder + the head `scalekd probe` trained on its features
-        model = create_probed_model(cfg, num_classes)
-    elif cfg.checkpoint:
-        model = timm.create_model(
-            cfg.name, pretrained=True, num_classes=num_classes,
-            pretrained_cfg_overlay=dict(file=cfg.checkpoint, num_classes=num_classes),
-            **cfg.kwargs,
+def load_timm_model(cfg: TeacherCfg, num_classes: int) -> nn.Module:
+    """`cfg.name` with weights from teacher.checkpoint or the hub; num_classes=0 drops its
+    classifier (a classifier in the file is then ignored)."""
+    if cfg.checkpoint:
+        overlay = dict(file=cfg.checkpoint, **({"num_classes": num_classes} if num_classes
+                                                else {}))
+        return timm.create_model(cfg.name, pretrained=True, num_classes=num_classes,
+                                 pretrained_cfg_overlay=overlay, **cfg.kwargs)
+    hub_classes = timm.models.get_pretrained_cfg(cfg.name).num_classes
+    if num_classes and hub_classes != num_classes:
+        raise ValueError(
+            f"teacher {cfg.name!r} from the hub predicts {hub_classes} classes, the data has "
+            f"{num_classes}: its head would be re-initialised at random. Train or probe a "
+            "head for this data and pass it as teacher.checkpoint=FILE"
         )
-    else:
-        hub_classes = timm.models.get_pretrained_cfg(cfg.name).num_classes
-        if hub_classes != num_classes:
-            raise ValueError(
-                f"teacher {cfg.name!r} from the hub predicts {hub_classes} classes, the data has "
-                f"{num_classes}: its head would be re-initialised at random. Train or probe a "
-                "head for this data and pass it as teacher.checkpoint=FILE"
-            )
-        try:
-            model = timm.create_model(cfg.name, pretrained=True, num_classes=num_classes,
-                                      **cfg.kwargs)
-        except Exception as err:  # no network, unknown tag, gated repo, ...
-            raise RuntimeError(
-                f"could not fetch the weights of teacher {cfg.name!r} from the Hugging Face hub "
-                f"({type(err).__name__}: {err}). Download them where there is internet and pass "
-                "teacher.checkpoint=/path/to/weights.safetensors"
-            ) from err
+    try:
+        return timm.create_model(cfg.name, pretrained=True, num_classes=num_classes,
+                                 **cfg.kwargs)
+    except Exception as err:  # no network, unknown tag, gated repo, ...
+        raise RuntimeError(
+            f"could not fetch the weights of teacher {cfg.name!r} from the Hugging Face hub "
+            f"({type(err).__name__}: {err}). Download them where there is internet and pass "
+            "teacher.checkpoint=/path/to/weights.safetensors"
+        ) from err
+
+
+def freeze_teacher(model: nn.Module, cfg: TeacherCfg, student_mean, student_std,
+                   student_size: int, compile: bool = False) -> FrozenTeacher:
+    """`model` as a FrozenTeacher with `cfg`'s speed options and its own normalisation."""
     pcfg = model.pretrained_cfg
     dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
     return FrozenTeacher(model, student_mean, student_std, pcfg["mean"], pcfg["std"],
                          cfg.input_size or student_size, dtype, cfg.attention, cfg.channels_last,
-                         cfg.compile)
+                         compile)
+
+
+def create_teacher(cfg: TeacherCfg, num_classes: int, student_mean, student_std,
+                   student_size: int) -> FrozenTeacher:
+    if cfg.probe:  # encoder + the head `scalekd probe` trained on its features
+        from scalekd.models.probe import create_probed_model  # it loads through this module
+
+        model = create_probed_model(cfg, num_classes)
+    else:
+        model = load_timm_model(cfg, num_classes)
+    return freeze_teacher(model, cfg, student_mean, student_std, student_size, cfg.compile)

@@ -77,9 +77,10 @@ def test_probed_teacher_logits_are_head_of_features(probe_dir, tiny_teacher):
                                                        f"teacher.probe={probe_dir}"))
     mean, std = (0.5,) * 3, (0.25,) * 3
     teacher = create_teacher(recipe.teacher, 10, mean, std, 32)
-    encoder = timm.create_model("vit_tiny_patch16_224", pretrained=True, num_classes=0,
-                                pretrained_cfg_overlay=dict(file=str(tiny_teacher)),
-                                **eval(TINY_VIT)).eval()
+    encoder = timm.create_model("vit_tiny_patch16_224", num_classes=10, **eval(TINY_VIT))
+    encoder.load_state_dict(load_file(tiny_teacher))  # our saved weights, no download
+    encoder.reset_classifier(0)
+    encoder.eval()
     head = make_head("mlp", 192 * 3, 10, 192)
     head.load_state_dict(load_file(probe_dir / HEAD_FILE))
     x = torch.randn(4, 3, 32, 32)
