@@ -95,12 +95,12 @@ def cache_teacher(recipe: Recipe, out: Path, draws: int, k: int, shard_size: int
                   ) -> dict[str, Any]:
     """Write (or finish writing) the cache of `recipe`'s teacher on its training split to
     `out`; returns the index. A folder holding a cache of another configuration is an error."""
-    from scalekd.data import SOURCES
+    from scalekd.data.classes import load_split
     from scalekd.engine.logging import RunLog
     from scalekd.models import create_teacher, data_config
 
     out = Path(out)
-    images = SOURCES[recipe.data.source].load(recipe.data, recipe.data.train_split)
+    images = load_split(recipe.data, recipe.data.train_split)  # data.classes as training sees it
     norm = data_config(recipe.student.name)
     num_classes = len(images.classes)
     if not 1 <= k <= num_classes or draws < 1 or shard_size < 1:

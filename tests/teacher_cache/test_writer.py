@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 import scalekd.teacher_cache.writer as writer
-from helpers.caches import DRAWS, SHARD, TOPK, cache_run, write_cache
+from helpers.caches import DRAWS, SHARD, TOPK, cache_run, cached, write_cache
+from helpers.runs import write_tiny_teacher
 from scalekd.cli import main
 from scalekd.teacher_cache.store import entry_bytes, size_estimate
 
@@ -126,3 +127,21 @@ def test_two_processes_share_the_shards(tmp_path, tiny_cache, tiny_teacher):
     for name in index["shards"]:  # rank r wrote shards r, r + 2: the tensors of one process
         got, want = load_file(str(out / name)), load_file(str(reference / name))
         assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_class_subset_is_cached_as_training_reads_it(tmp_path):
+    """data.classes: the cache holds the subset's images and classes, so a cached run on the
+    same subset replays it."""
+    from scalekd.data import build_train_data
+    from scalekd.data.classes import load_split
+    from scalekd.recipe import Recipe, apply_overrides
+
+    teacher = write_tiny_teacher(tmp_path / "teacher5.safetensors", num_classes=5)
+    overrides = cache_run(tmp_path / "run", teacher, "data.classes=(0,1,2,3,4)")
+    index = write_cache(tmp_path / "cache", overrides)
+    subset = load_split(apply_overrides(Recipe(), overrides).data, "train")
+    assert (index["num_images"], index["num_classes"]) == (len(subset), 5) == (34, 5)
+    recipe = apply_overrides(Recipe(), overrides + cached(tmp_path / "cache"))
+    data = build_train_data(recipe, subset, (0.5,) * 3, (0.5,) * 3, 0, 1)
+    _, targets, soft = next(iter(data.epoch(0)))
+    assert soft.shape == (len(targets), 5) and int(targets.max()) < 5
