@@ -232,7 +232,7 @@ def _problem(path: Path) -> Optional[str]:
     try:
         text = (path / MARKER).read_text()
         if not text:  # written before markers listed files: trusted as it was then
-            return None
+            return _rng_problem(path)
         listed = json.loads(text)
     except (OSError, ValueError) as err:
         return f"its {MARKER} marker is unreadable ({err})"
@@ -245,6 +245,28 @@ def _problem(path: Path) -> Optional[str]:
     changed = sorted(f for f in listed if on_disk[f] != listed[f])
     if changed:
         return f"files differ in size from {MARKER}: {', '.join(changed)}"
+    return _rng_problem(path)
+
+
+def _rng_problem(path: Path) -> Optional[str]:
+    """Why the random states of the processes that wrote checkpoint `path` cannot be restored,
+    or None. accelerate's load_state logs an RNG file it cannot load at INFO level and goes on
+    with the streams it has, so a resume from it would silently not be exact. The files are a
+    few KB each (read with accelerate's own weights-only loader)."""
+    from accelerate.utils import RNG_STATE_NAME
+    from accelerate.utils import load as accelerate_load
+
+    try:
+        processes = json.loads((path / "trainer_state.json").read_text())["world_size"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"its trainer_state.json is unreadable ({err})"
+    for rank in range(processes):
+        name = f"{RNG_STATE_NAME}_{rank}.pkl"
+        try:
+            state = accelerate_load(path / name)
+            state["random_state"], state["numpy_random_seed"], state["torch_manual_seed"]
+        except Exception as err:  # whatever the unpickler raises: the stream cannot be restored
+            return f"its random state {name} cannot be loaded ({type(err).__name__}: {err})"
     return None
 
 

@@ -59,6 +59,24 @@ def test_a_folder_that_does_not_match_its_marker_is_skipped(tmp_path, accelerato
     assert "step_000000004: its COMPLETE marker is unreadable" in text
 
 
+def test_a_checkpoint_whose_random_state_cannot_be_loaded_is_skipped(tmp_path, accelerator):
+    """accelerate only logs (INFO) an RNG file it cannot load and resumes with fresh streams:
+    such a checkpoint would resume inexactly, without a word. It counts as damaged."""
+    acc, _ = accelerator
+    ckpts = Checkpoints(tmp_path, keep=5)
+    ckpts.save(acc, 1, emas={})
+    garbled, missing = ckpts.save(acc, 2, emas={}), ckpts.save(acc, 3, emas={})
+    rng = garbled / "random_states_0.pkl"
+    rng.write_bytes(b"\0" * rng.stat().st_size)  # same size: the marker's sizes still match
+    (missing / "random_states_0.pkl").unlink()
+    (missing / MARKER).write_text("")  # an empty (legacy) marker lists no file to miss
+    with pytest.warns(UserWarning) as warned:
+        assert ckpts.latest().name == "step_000000001"
+    text = "\n".join(str(w.message) for w in warned)
+    assert "step_000000002" in text and "step_000000003" in text
+    assert "random_states_0.pkl" in text
+
+
 def test_disk_full_is_reported_and_leaves_the_last_checkpoint(tmp_path, accelerator,
                                                                monkeypatch):
     import errno

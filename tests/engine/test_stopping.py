@@ -1,6 +1,6 @@
 """Jobs that end early and cleanly: after steps_per_job, before a time budget, on SIGUSR1 sent to
 rank 0 only; each checkpoints at a step boundary, and the next job ends with the weights of an
-uninterrupted run."""
+uninterrupted run, for a student with drop path and a loader worker (helpers.runs.STOCHASTIC)."""
 
 import os
 import signal
@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from helpers.runs import (exported, launch_command, scalars, start, subprocess_env, tail,
-                          train_in_process)
+from helpers.runs import (STOCHASTIC, exported, launch_command, scalars, start, subprocess_env,
+                          tail, train_in_process)
 from scalekd.engine.trainer import FINISHED
 
-EPOCHS = ["run.epochs=6", "run.log_every=1"]  # 24 steps of the tiny run
+EPOCHS = ["run.epochs=6", "run.log_every=1", *STOCHASTIC]  # 24 steps of the tiny run
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_time_budget_stops_before_the_limit(whole, tmp_path, tiny_run, monkeypat
 def test_usr1_to_rank0_stops_every_rank_at_one_step(tmp_path, tiny_run):
     """Two DDP processes; only rank 0 gets the signal. Both stop after the same step (neither
     is left in a collective), checkpoint, exit 0; the resumed job ends as an uninterrupted one."""
-    long = ["run.epochs=40", "run.log_every=1", "checkpoint.every_epochs=1000"]
+    long = ["run.epochs=40", "run.log_every=1", "checkpoint.every_epochs=1000", *STOCHASTIC]
     cut = tmp_path / "cut"
     proc = start(launch_command(tiny_run(cut, *long), deepspeed=False), tmp_path / "cut.log")
     pid_file, deadline = cut / "trainer.pid", time.monotonic() + 300
