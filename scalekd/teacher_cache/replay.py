@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from scalekd.data.sampler import loader_generator
 from scalekd.data.source import LabelledImages
+from scalekd.data.workers import leave_signals_to_trainer
 from scalekd.recipe import Recipe
 from scalekd.teacher_cache.draws import Augmentation, DrawBatches
 from scalekd.teacher_cache.labels import dense_probs
@@ -74,5 +75,6 @@ def replay_loader(recipe: Recipe, images: LabelledImages, rows: Sequence[int], s
     workers = recipe.data.workers
     loader = DataLoader(crops, batch_sampler=batches, num_workers=workers,
                         persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-                        generator=loader_generator(recipe.run.seed))
+                        generator=loader_generator(recipe.run.seed),
+                        worker_init_fn=leave_signals_to_trainer)
     return SoftLabelled(loader, len(images.classes), device)
