@@ -278,10 +278,12 @@ def test_a_legacy_checkpoint_that_cannot_be_read_says_so(three_checkpoints, with
     (path / MARKER).write_text("")
     with open(path / name, "r+b") as f:
         f.truncate(f.seek(0, 2) - 100 if name != "trainer_state.json" else 10)
+    if name == "trainer_state.json":  # read to find the processes' RNG files: skipped at once
+        assert three_checkpoints.latest() == three_checkpoints.folder / "step_000000004"
+        return
     assert three_checkpoints.latest() == path  # unverifiable: trusted as it was then
     where = re.escape(str(path))
-    with pytest.raises(DamagedCheckpoint, match=rf"(could not load checkpoint {where} \(|"
-                       rf"checkpoint {where} has an unreadable trainer_state.json).*"
+    with pytest.raises(DamagedCheckpoint, match=rf"could not load checkpoint {where} \(.*"
                        "checkpoint.resume=FOLDER, or start from scratch"):
         Checkpoints.load(acc, path, emas={})
 
