@@ -36,6 +36,26 @@ def run_probe(recipe: Recipe, argv: Optional[list[str]] = None):
         raise SystemExit(2) from None
 
 
+def run_probe_first(distilled: Recipe, probe_command: str) -> None:
+    """Probe the teacher of `distilled` into its teacher.probe folder (scalekd.probe's
+    probe_recipe), unless a probe is there already. The probe computes the teacher's features
+    on one device, so a multi-process launch finding no probe stops and names `probe_command`,
+    which probes on one process."""
+    from scalekd.engine.distributed import launched_world_size
+    from scalekd.models.probe import PROBE_FILE
+    from scalekd.probe import probe_recipe
+
+    folder = distilled.teacher.probe
+    if (Path(folder) / PROBE_FILE).is_file():
+        print(f"reusing the probe in {folder}")
+    elif launched_world_size() > 1:
+        print(f"scalekd: teacher.probe={folder!r} holds no probe yet, and the probe runs on one "
+              f"process: probe first with `{probe_command}`, then launch again", file=sys.stderr)
+        raise SystemExit(2)
+    else:
+        run_probe(probe_recipe(distilled), [])
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="scalekd", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)

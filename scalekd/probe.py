@@ -22,7 +22,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,12 @@ def probe(recipe: Recipe) -> ProbeResult:
     (out / PROBE_FILE).write_text(json.dumps(spec, indent=2))  # last: marks the folder complete
     print(f"probe: wrote {out / HEAD_FILE} and {out / PROBE_FILE}")
     return ProbeResult(out, best, grid[best], eval_top1, grid)
+
+
+def probe_recipe(distilled: Recipe) -> Recipe:
+    """The probe of a distillation's teacher, on its data, written to its teacher.probe."""
+    return replace(distilled, teacher=replace(distilled.teacher, probe=""),
+                   run=replace(distilled.run, name="probe", dir=distilled.teacher.probe))
 
 
 def check_probe_recipe(recipe: Recipe) -> None:

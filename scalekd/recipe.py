@@ -428,7 +428,7 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
                 "features with hooks, which torch.compile would re-trace every step; compile "
                 "serves logit methods: set teacher.compile=false")
     if r.teacher.probe and method is not None and method.needs_teacher:
-        problems += _probe_problems(r, method)
+        problems += _probe_problems(r)
     problems += cache_problems(r)
     # a cached run never loads the teacher: its weights may stay where the cache was written
     teacher_weights = r.teacher.checkpoint if r.teacher.mode != "cached" else ""
@@ -553,16 +553,12 @@ def _mixed_problems(r: Recipe, method, per_step: int) -> list[str]:
     return problems
 
 
-def _probe_problems(r: Recipe, method: Any) -> list[str]:
+def _probe_problems(r: Recipe) -> list[str]:
     from scalekd.data.classes import known_classes
     from scalekd.models.probe import probe_problems
 
-    problems = probe_problems(r.teacher, r.data, r.teacher.input_size or r.data.input_size,
-                              known_classes(r.data))
-    if method.needs_features:
-        problems.append(f"teacher.probe serves logit methods; distill.method="
-                        f"{r.distill.method!r} taps the teacher's feature maps")
-    return problems
+    return probe_problems(r.teacher, r.data, r.teacher.input_size or r.data.input_size,
+                          known_classes(r.data))
 
 
 # optimisers whose update depends on whole-tensor norms (so not on a ZeRO partition)

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from scalekd.models.taps import Layout, capture, feature_entries, is_isotropic
+from scalekd.models.taps import Layout, capture, feature_entries, is_isotropic, tapped_model
 
 FINAL_NORMS = ("norm", "norm_pre")  # what timm calls the norm after the last stage
 
@@ -29,34 +29,45 @@ Proxy = Callable[[torch.Tensor], torch.Tensor]  # split-space map -> final-space
 
 
 class TeacherStages:
+    """The stages of the timm model `tapped_model(model)` names: the teacher itself, or the
+    encoder of a probed teacher. The hooks keep a module's last output of the pass: a probed
+    encoder also runs its final norm on earlier blocks' tokens, but each right after its block
+    (timm's forward_intermediates), so the norm's last call is on the last block's."""
+
     def __init__(self, model: nn.Module):
-        entries = feature_entries(model)
+        name, body = tapped_model(model)
+        prefix = f"{name}." if name else ""  # module names are the whole teacher's
+        entries = feature_entries(body)
         depth = len(entries)
         split = depth - max(depth // 4, 1) - 1 if is_isotropic(entries) else depth - 2
         if split < 0:
-            raise ValueError(f"{type(model).__name__} has a single stage: nothing to split")
+            raise ValueError(f"{type(body).__name__} has a single stage: nothing to split")
         self.split, self.last = entries[split], entries[-1]
-        self.remaining = _siblings_between(model, self.split["module"], self.last["module"])
-        self.norm_name = next((n for n in FINAL_NORMS if isinstance(getattr(model, n, None),
-                                                                    nn.Module)), None)
-        self.final_name = self.norm_name or self.last["module"]
+        self.split_name = prefix + self.split["module"]
+        self.remaining = [(prefix + child, module) for child, module in
+                          _siblings_between(body, self.split["module"], self.last["module"])]
+        norm = next((n for n in FINAL_NORMS if isinstance(getattr(body, n, None), nn.Module)),
+                    None)
+        self.norm_name = prefix + norm if norm else None
+        self.final_name = self.norm_name or prefix + self.last["module"]
 
     def forward(self, model: nn.Module, runner: Callable, images: torch.Tensor,
                 with_proxy: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], Optional[Proxy]]:
         """The teacher's logits, its split and final maps (float32, NCHW), and the proxy."""
         hw = tuple(images.shape[-2:])
-        with capture(model, outputs_of=[self.split["module"], self.final_name],
+        with capture(model, outputs_of=[self.split_name, self.final_name],
                      inputs_of=[name for name, _ in self.remaining] if with_proxy else []) as seen:
             logits = runner(images)
-        split_native = seen.outputs[self.split["module"]]
+        split_native = seen.outputs[self.split_name]
         final_native = seen.outputs[self.final_name]
-        split_layout = Layout.of(split_native, model, hw, self.split["reduction"])
-        final_layout = Layout.of(final_native, model, hw, self.last["reduction"])
+        body = tapped_model(model)[1]  # its layout: prefix tokens, NHWC or NCHW
+        split_layout = Layout.of(split_native, body, hw, self.split["reduction"])
+        final_layout = Layout.of(final_native, body, hw, self.last["reduction"])
         features = {"split": split_layout.to_map(split_native).float(),
                     "final": final_layout.to_map(final_native).float()}
         if not with_proxy:
             return logits, features, None
-        norm = getattr(model, self.norm_name) if self.norm_name else None
+        norm = model.get_submodule(self.norm_name) if self.norm_name else None
 
         def proxy(fmap: torch.Tensor) -> torch.Tensor:
             # teacher weights are frozen (requires_grad False); gradients flow through the
@@ -81,7 +92,7 @@ class TeacherStages:
             raise ValueError(
                 f"teacher {type(model).__name__}: running its modules "
                 f"{[n for n, _ in self.remaining]} (+ final norm {self.norm_name}) on its own "
-                f"'{self.split['module']}' output does not reproduce its final features, so the "
+                f"'{self.split_name}' output does not reproduce its final features, so the "
                 "proxy path (TPP) would be wrong for it. Set distill.tpp=false for this teacher")
 
 
