@@ -14,7 +14,9 @@ from scalekd.recipe import Recipe, RecipeError, apply_overrides
 
 def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None):
     """Apply command-line overrides to `recipe` and train; a bad recipe exits with its
-    problems listed (status 2) before anything is built."""
+    problems listed (status 2) before anything is built, a run folder that cannot be written
+    or resumed from (disk full, damaged checkpoints) with what is intact and what to do (1)."""
+    from scalekd.engine.checkpoint import RunFolderError
     from scalekd.engine.trainer import train
 
     try:
@@ -22,6 +24,9 @@ def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None):
     except RecipeError as err:
         print(f"scalekd: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except RunFolderError as err:
+        print(f"scalekd: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def run_probe(recipe: Recipe, argv: Optional[list[str]] = None):

@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader, Dataset
 from scalekd.data.ffcv_source import BetonImages, EvalBatches, TrainBatches
 from scalekd.data.on_batch import BatchFinish, seed_all
 from scalekd.data.mix_folder import MixedImages, WithMixed
-from scalekd.data.sampler import EpochBatches, MixedBatches
+from scalekd.data.sampler import EpochBatches, MixedBatches, loader_generator
 from scalekd.data.source import LabelledImages, SkipCounter
+from scalekd.data.workers import leave_signals_to_trainer
 from scalekd.recipe import Recipe, grad_accum_steps
 from scalekd.teacher_cache.labels import SoftLabelMixup
 from scalekd.teacher_cache.replay import replay_batches, replay_loader
@@ -103,7 +104,9 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std, rank: in
         )
         loader = DataLoader(SeededTransform(images, transform), batch_sampler=batches,
                             num_workers=d.workers, persistent_workers=d.workers > 0,
-                            pin_memory=torch.cuda.is_available())
+                            pin_memory=torch.cuda.is_available(),
+                            generator=loader_generator(recipe.run.seed),
+                            worker_init_fn=leave_signals_to_trainer)
         if d.uint8:
             loader = _Finished(loader, batches, BatchFinish(mean, std, device,
                                                             erase_prob=a.re_prob))
@@ -149,7 +152,9 @@ def build_eval_loader(recipe: Recipe, images: LabelledImages, mean, std, rank: i
     indices = list(range(rank, len(images), world_size))
     indices += [-1] * (per_rank - len(indices))
     return DataLoader(_Padded(images, transform, indices), batch_size=batch,
-                      num_workers=d.workers, shuffle=False)
+                      num_workers=d.workers, shuffle=False,
+                      generator=loader_generator(recipe.run.seed),
+                      worker_init_fn=leave_signals_to_trainer)
 
 
 class _Padded(Dataset):

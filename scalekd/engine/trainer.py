@@ -26,7 +26,8 @@ from timm.utils import ModelEmaV3
 from scalekd.data import build_eval_loader, build_train_data
 from scalekd.data.classes import load_split
 from scalekd.distill import DISTILLERS, Distiller, FeatureShapes, create_distiller
-from scalekd.engine.checkpoint import Checkpoints, CheckpointWriteError
+from scalekd.engine.checkpoint import (Checkpoints, CheckpointWriteError, RunWriteError,
+                                       write_run_file)
 from scalekd.engine.distributed import (build_accelerator, launched_world_size,
                                         release_accelerate_state, shard_teacher)
 from scalekd.engine.evaluate import evaluate
@@ -140,9 +141,10 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     validate(recipe, launched_world_size())
     run_dir = recipe.run.path
     checkpoints = Checkpoints(run_dir / "checkpoints", recipe.checkpoint.keep)
+    # the newest intact checkpoint (checksums verified); none intact among several: refused
     resume_from = (checkpoints.latest() if recipe.checkpoint.resume == "auto"
                    else None if recipe.checkpoint.resume == "never"
-                   else Path(recipe.checkpoint.resume))
+                   else Checkpoints.check(Path(recipe.checkpoint.resume)))
     # a DeepSpeed checkpoint of another process count loads through the universal format
     universal = resume_from is not None and Checkpoints.needs_universal(
         resume_from, launched_world_size(), resolved_zero_stage(recipe) > 0)
@@ -152,11 +154,9 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     recipe_file, previous = run_dir / "recipe.json", None
     if main:  # only rank 0 reads and (atomically) rewrites it: no rank sees a half-written file
         previous = json.loads(recipe_file.read_text()) if recipe_file.is_file() else None
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.json.tmp").write_text(json.dumps(recipe.to_dict(), indent=2))
-        os.replace(run_dir / "recipe.json.tmp", recipe_file)
+        write_run_file(recipe_file, _text(json.dumps(recipe.to_dict(), indent=2)))
         # the batch shell forwards the scheduler's signal here (slurm/train.sbatch)
-        (run_dir / "trainer.pid").write_text(f"{os.getpid()}\n")
+        write_run_file(run_dir / "trainer.pid", _text(f"{os.getpid()}\n"))
 
     # data: student normalisation; the teacher re-normalises the same augmented pixels
     norm = data_config(recipe.student.name)
@@ -335,20 +335,29 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     log.close()
 
     exports = {}
+    # a file that cannot be written (disk full) is never left half-written under its name, and
+    # without FINISHED the same command resumes from the final checkpoint and writes them again
+    intact = (f"The checkpoint of step {step} holds the trained state; "
+              if saved_step == step else "")
     for s in students:
         state = consolidated_state(accelerator, s.model)
         folder = run_dir / "export" / s.name
         if main:
-            exports[s.name] = export_student(state, s.recipe, data.num_classes, folder)
+            exports[s.name] = export_student(state, s.recipe, data.num_classes, folder, intact)
             if s.ema is not None:
                 export_student({f"student.{k}": v for k, v in s.ema.module.state_dict().items()},
-                               s.recipe, data.num_classes, folder, stem="student_ema")
+                               s.recipe, data.num_classes, folder, intact, stem="student_ema")
     if main:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (run_dir / FINISHED).write_text(f"{step}\n")  # the schedule is done: no more requeues
+        write_run_file(run_dir / "metrics.json", _text(json.dumps(metrics, indent=2)), intact)
+        # the schedule is done: no more requeues
+        write_run_file(run_dir / FINISHED, _text(f"{step}\n"), intact)
     accelerator.wait_for_everyone()
     _release(teacher, accelerator)
     return TrainResult(run_dir, metrics, exports.get(""), step, exports)
+
+
+def _text(text: str):
+    return lambda path: path.write_text(text)
 
 
 def _release(teacher: Optional[FrozenTeacher], accelerator) -> None:

@@ -1,10 +1,12 @@
 """Checkpoints: complete or invisible, the last K kept, partial writes cleaned up."""
 
+import re
+
 import pytest
 import torch
 from accelerate import Accelerator
 
-from scalekd.engine.checkpoint import MARKER, Checkpoints
+from scalekd.engine.checkpoint import MARKER, Checkpoints, DamagedCheckpoint
 
 
 @pytest.fixture
@@ -59,6 +61,24 @@ def test_a_folder_that_does_not_match_its_marker_is_skipped(tmp_path, accelerato
     assert "step_000000004: its COMPLETE marker is unreadable" in text
 
 
+def test_a_checkpoint_whose_random_state_cannot_be_loaded_is_skipped(tmp_path, accelerator):
+    """accelerate only logs (INFO) an RNG file it cannot load and resumes with fresh streams:
+    such a checkpoint would resume inexactly, without a word. It counts as damaged."""
+    acc, _ = accelerator
+    ckpts = Checkpoints(tmp_path, keep=5)
+    ckpts.save(acc, 1, emas={})
+    garbled, missing = ckpts.save(acc, 2, emas={}), ckpts.save(acc, 3, emas={})
+    rng = garbled / "random_states_0.pkl"
+    rng.write_bytes(b"\0" * rng.stat().st_size)  # same size: the marker's sizes still match
+    (missing / "random_states_0.pkl").unlink()
+    (missing / MARKER).write_text("")  # an empty (legacy) marker lists no file to miss
+    with pytest.warns(UserWarning) as warned:
+        assert ckpts.latest().name == "step_000000001"
+    text = "\n".join(str(w.message) for w in warned)
+    assert "step_000000002" in text and "step_000000003" in text
+    assert "random_states_0.pkl" in text
+
+
 def test_disk_full_is_reported_and_leaves_the_last_checkpoint(tmp_path, accelerator,
                                                                monkeypatch):
     import errno
@@ -100,3 +120,180 @@ def test_training_goes_on_or_stops_when_a_checkpoint_cannot_be_written(tmp_path,
     with pytest.raises(CheckpointWriteError):
         train_in_process(tiny_run(tmp_path / "off"))
     assert [p.name for p in (tmp_path / "off" / "checkpoints").iterdir()] == ["step_000000004"]
+
+
+# ---------------------------------------------------------------------------------------------
+# disk full: wherever the write fails, the half-written folder goes and the intact one is named
+
+def _enospc(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _torch_full(*args, **kwargs):  # what torch.save's zip writer raises on a full disk
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1564096 vs "
+                       "1563988")
+
+
+def _safetensors_full(*args, **kwargs):
+    from safetensors import SafetensorError
+
+    raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                          "(os error 28)")
+
+
+def _marker_fails(real):
+    def write(path, text):
+        if path.name == MARKER:
+            _enospc()
+        return real(path, text)
+    return write
+
+
+@pytest.mark.parametrize("where", ["torch.save", "accelerate safetensors", "ema safetensors",
+                                   "marker"])
+def test_a_write_that_fails_anywhere_leaves_the_last_checkpoint(tmp_path, accelerator,
+                                                                 monkeypatch, where):
+    import accelerate.checkpointing
+    import accelerate.utils.other
+    from timm.utils import ModelEmaV3
+
+    import scalekd.engine.checkpoint as checkpoint
+
+    acc, model = accelerator
+    emas = {"": ModelEmaV3(model, decay=0.9)}
+    ckpts = Checkpoints(tmp_path, keep=3)
+    good = ckpts.save(acc, 1, emas)
+    if where == "torch.save":  # accelerate's optimizer.bin and RNG files
+        monkeypatch.setattr(accelerate.utils.other.torch, "save", _torch_full)
+    elif where == "accelerate safetensors":  # accelerate's model.safetensors
+        monkeypatch.setattr(accelerate.utils.other, "safe_save_file", _safetensors_full)
+    elif where == "ema safetensors":
+        monkeypatch.setattr(checkpoint, "save_file", _safetensors_full)
+    else:
+        monkeypatch.setattr(checkpoint, "_write_synced", _marker_fails(checkpoint._write_synced))
+    with pytest.raises(checkpoint.CheckpointWriteError,
+                       match="step 2 .*the half-written folder is removed and the last complete "
+                             "checkpoint, .*step_000000001, is intact"):
+        ckpts.save(acc, 2, emas)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [good.name]
+    assert ckpts.latest() == good
+
+
+# ---------------------------------------------------------------------------------------------
+# damage: every file's checksum is in the marker; resume takes the newest intact checkpoint
+
+
+def _garble(path, offset: int, count: int = 16) -> None:
+    """Overwrite `count` bytes at `offset` (negative: from the end) in place: same size."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(offset % size)
+        old = f.read(count)
+        f.seek(offset % size)
+        f.write(bytes(b ^ 0x5A for b in old))
+
+
+def _edit_step(path) -> None:
+    state = path.read_text()
+    assert '"step": 6' in state
+    path.write_text(state.replace('"step": 6', '"step": 2'))  # same size
+
+
+DAMAGE = {  # what -> (file, how)
+    "garbled bytes inside model.safetensors": ("model.safetensors", lambda p: _garble(p, -64)),
+    "garbled bytes inside optimizer.bin": ("optimizer.bin", lambda p: _garble(p, -2000)),
+    "garbled safetensors header": ("model.safetensors", lambda p: _garble(p, 8)),
+    "garbled trainer_state.json": ("trainer_state.json", lambda p: _garble(p, 0, 4)),
+    "trainer_state.json step 6 edited to 2": ("trainer_state.json", _edit_step),
+    "garbled RNG state": ("random_states_0.pkl", lambda p: _garble(p, -300)),
+}
+
+
+@pytest.fixture
+def with_optimizer():
+    """A model and an Adam optimiser with state, so that checkpoints hold optimizer.bin."""
+    acc = Accelerator(cpu=True)
+    model, optimizer = acc.prepare(*(lambda m: (m, torch.optim.Adam(m.parameters())))(
+        torch.nn.Linear(3, 2)))
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    return acc, model
+
+
+@pytest.fixture
+def three_checkpoints(tmp_path, with_optimizer):
+    acc, model = with_optimizer
+    ckpts = Checkpoints(tmp_path, keep=5)
+    for step in (2, 4, 6):
+        with torch.no_grad():
+            model.weight.fill_(step)
+        ckpts.save(acc, step, emas={})
+    return ckpts
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_a_damaged_checkpoint_is_skipped_saying_why(three_checkpoints, with_optimizer, damage):
+    acc, model = with_optimizer
+    name, spoil = DAMAGE[damage]
+    spoil(three_checkpoints.folder / "step_000000006" / name)
+    with pytest.warns(UserWarning, match=f"step_000000006: files do not match their crc32 "
+                                         f"checksum in COMPLETE .*: {name}"):
+        latest = three_checkpoints.latest()
+    assert latest.name == "step_000000004"
+    assert Checkpoints.load(acc, latest, emas={}) == 4
+    assert torch.all(model.weight == 4)
+
+
+def test_no_intact_checkpoint_refuses_to_start_afresh(three_checkpoints):
+    folder = three_checkpoints.folder
+    _garble(folder / "step_000000006" / "model.safetensors", -64)
+    (folder / "step_000000004" / "trainer_state.json").write_text("{}")
+    _garble(folder / "step_000000002" / "optimizer.bin", -2000)
+    with pytest.warns(UserWarning), pytest.raises(
+            DamagedCheckpoint, match=r"(?s)no intact checkpoint in .*"
+            r"step_000000006: files do not match .*: model.safetensors.*"
+            r"step_000000004: files differ in size from COMPLETE: trainer_state.json.*"
+            r"step_000000002: files do not match .*: optimizer.bin.*checkpoint.resume=never"):
+        three_checkpoints.latest()
+
+
+def test_a_named_checkpoint_is_verified_too(three_checkpoints):
+    path = three_checkpoints.folder / "step_000000004"
+    assert Checkpoints.check(path) == path
+    _garble(path / "optimizer.bin", -2000)
+    with pytest.raises(DamagedCheckpoint, match="step_000000004 cannot be resumed from: files "
+                                                "do not match their crc32 checksum"):
+        Checkpoints.check(path)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.bin", "trainer_state.json"])
+def test_a_legacy_checkpoint_that_cannot_be_read_says_so(three_checkpoints, with_optimizer,
+                                                         name):
+    """An empty marker (before markers listed files) has nothing to verify: a truncated file is
+    found on loading, and reported as such instead of the reader's traceback."""
+    acc, _ = with_optimizer
+    path = three_checkpoints.folder / "step_000000006"
+    (path / MARKER).write_text("")
+    with open(path / name, "r+b") as f:
+        f.truncate(f.seek(0, 2) - 100 if name != "trainer_state.json" else 10)
+    assert three_checkpoints.latest() == path  # unverifiable: trusted as it was then
+    where = re.escape(str(path))
+    with pytest.raises(DamagedCheckpoint, match=rf"(could not load checkpoint {where} \(|"
+                       rf"checkpoint {where} has an unreadable trainer_state.json).*"
+                       "checkpoint.resume=FOLDER, or start from scratch"):
+        Checkpoints.load(acc, path, emas={})
+
+
+def test_the_marker_lists_every_file_with_size_and_checksum(three_checkpoints):
+    import json
+    import zlib
+
+    path = three_checkpoints.latest()
+    marker = json.loads((path / MARKER).read_text())
+    files = sorted(p.name for p in path.iterdir() if p.name != MARKER)
+    assert marker["checksum"] == "crc32" and sorted(marker["files"]) == files
+    for name, entry in marker["files"].items():
+        data = (path / name).read_bytes()
+        assert entry == {"size": len(data), "crc32": f"{zlib.crc32(data):08x}"}
