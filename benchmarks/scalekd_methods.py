@@ -30,8 +30,9 @@ proxy path from the probe's encoder, KD from its head.
 
 A shorter setup for a busy machine (what the README's old/new comparison used):
 
-    python benchmarks/scalekd_methods.py --teacher-epochs 1 --epochs 20 --root runs/short
-    python benchmarks/scalekd_methods.py --students cap cap_dfm scalekd ...   # a subset
+    python benchmarks/scalekd_methods.py --teacher-patch 8 --teacher-epochs 1 --epochs 10 \\
+        --root runs/short_vit
+    python benchmarks/scalekd_methods.py --students cap cap_dfm ...   # beside scalekd only
 """
 
 from __future__ import annotations
@@ -63,10 +64,11 @@ STUDENTS = {  # beside the recipe's own student, scalekd
 ORDER = ["alone", "kd", "cap", "cap_dfm", "scalekd"]
 
 
-def scalekd_recipe(root: str = ROOT) -> Recipe:
+def scalekd_recipe(root: str = ROOT, patch: int = VIT["patch_size"]) -> Recipe:
     return apply_overrides(QUICKSTART["recipe"](), [
         f"run.dir={root}/{{name}}", "data.input_size=64", "distill.method=scalekd",
-        "teacher.name=vit_tiny_patch16_224", f"teacher.kwargs={VIT}", "teacher.input_size=32",
+        "teacher.name=vit_tiny_patch16_224", f"teacher.kwargs={dict(VIT, patch_size=patch)}",
+        "teacher.input_size=32",
         f"teacher.checkpoint={root}/teacher/export/student.safetensors",
     ])
 
@@ -88,10 +90,10 @@ def probed_scalekd_recipe(root: str) -> Recipe:
     ])
 
 
-def prepare_teacher(kind: str, root: str, epochs: int) -> Recipe:
+def prepare_teacher(kind: str, root: str, epochs: int, patch: int) -> Recipe:
     """The distillation recipe, its teacher trained (and probed) first unless cached."""
     if kind == "vit":
-        base = scalekd_recipe(root)
+        base = scalekd_recipe(root, patch)
         if not Path(base.teacher.checkpoint).is_file():
             run_recipe(teacher_recipe(base, epochs), [])
         return base
@@ -147,6 +149,8 @@ def main() -> None:
     parser.add_argument("--teacher", choices=["vit", "probed"], default="vit")
     parser.add_argument("--teacher-epochs", type=int, default=0,
                         help="the teacher's (or encoder's) epochs; 0: 4 (vit) or 3 (probed)")
+    parser.add_argument("--teacher-patch", type=int, default=VIT["patch_size"],
+                        help="the ViT teacher's patch (--teacher vit): 4, an 8x8 grid; 8, 4x4")
     parser.add_argument("--epochs", type=int, default=60, help="the students' epochs")
     parser.add_argument("--students", nargs="*", choices=ORDER[:-1], default=ORDER[:-1],
                         help="the students beside scalekd (the recipe's own)")
@@ -156,7 +160,7 @@ def main() -> None:
 
     root = args.root or (ROOT if args.teacher == "vit" else "runs/bench_probed_scalekd")
     teacher_epochs = args.teacher_epochs or (4 if args.teacher == "vit" else 3)
-    base = prepare_teacher(args.teacher, root, teacher_epochs)
+    base = prepare_teacher(args.teacher, root, teacher_epochs, args.teacher_patch)
     names = [n for n in ORDER if n in args.students or n == "scalekd"]
     top1: dict[str, list[float]] = {name: [] for name in names}
     step_ratio: list[float] = []
@@ -175,7 +179,7 @@ def main() -> None:
                           for t in ("kd/time/step_s", "time/step_s"))
             step_ratio.append(statistics.median(s / k for s, k in zip(sk_s, kd_s)))
 
-    vit = VIT if args.teacher == "vit" else probed.VIT
+    vit = base.teacher.kwargs
     print(f"\nFashion-MNIST test top-1, {args.teacher} teacher (ViT {vit}, {teacher_epochs} "
           f"epochs) -> {base.student.name} at {base.data.input_size} px, "
           f"{base.data.labels_per_class} labels per class, {args.epochs} epochs, "
