@@ -33,7 +33,9 @@ class RunCfg:
     dir: str = "runs/{name}"  # `{name}` is replaced by run.name
     seed: int = 0
     epochs: int = 100
-    precision: str = "no"  # student mixed precision: no | bf16 | fp16
+    # student mixed precision: auto (the launcher's: `accelerate launch --mixed_precision` or
+    # its config file's mixed_precision; no without a launcher) | no | bf16 | fp16
+    precision: str = "auto"
     log_every: int = 10  # steps between TensorBoard scalar writes
     max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs); for smoke runs
     # end this job early, checkpointed, to be resumed by the next one (0: off): before this many
@@ -505,7 +507,12 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
 
     checks = [
         (r.run.epochs > 0, "run.epochs must be positive"),
-        (r.run.precision in ("no", "bf16", "fp16"), "run.precision must be no, bf16 or fp16"),
+        (r.run.precision in ("auto", *PRECISIONS),
+         f"run.precision={r.run.precision!r} must be auto (the launcher's), no, bf16 or fp16"),
+        (r.run.precision != "auto" or resolved_precision(r) in PRECISIONS,
+         f"the launcher's mixed precision {resolved_precision(r)!r} (ACCELERATE_MIXED_PRECISION)"
+         " is not supported: launch with --mixed_precision no, bf16 or fp16, or set "
+         "run.precision"),
         (r.optim.lr > 0, f"optim.lr={r.optim.lr} must be positive"),
         (r.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (r.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
@@ -621,6 +628,25 @@ def grad_accum_steps(recipe: Recipe, world_size: int) -> int:
         if d.batch_size % per_step == 0 and d.batch_size // per_step <= d.device_batch:
             return accum
     return 0
+
+
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+def launcher_precision() -> Optional[str]:
+    """The mixed precision `accelerate launch` configured (its --mixed_precision, else its config
+    file's mixed_precision; it hands either over as ACCELERATE_MIXED_PRECISION, which a user may
+    also set by hand), or None without one."""
+    value = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    return value.lower() if value else None
+
+
+def resolved_precision(recipe: Recipe) -> str:
+    """The student's mixed precision in force: run.precision if set, else the launcher's, else
+    no."""
+    if recipe.run.precision != "auto":
+        return recipe.run.precision
+    return launcher_precision() or "no"
 
 
 def resolved_zero_stage(recipe: Recipe) -> int:
