@@ -111,6 +111,8 @@ class StudentCfg:
     checkpoint: str = ""  # initial weights from a file (safetensors or torch)
     drop_path: float = 0.0
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
+    channels_last: bool = False  # NHWC weights and inputs (faster convolutions: CNN students)
+    compile: bool = False  # torch.compile the student's forward with the distiller's loss terms
 
 
 @dataclass

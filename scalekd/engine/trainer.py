@@ -49,15 +49,18 @@ class DistillationModel(nn.Module):
     """What the optimiser trains and the engine wraps: the student and the distiller's own
     trainable parts (projectors). The teacher is deliberately not in here."""
 
-    def __init__(self, student: nn.Module, distiller: Distiller):
+    def __init__(self, student: nn.Module, distiller: Distiller, channels_last: bool = False):
         super().__init__()
         self.student, self.distiller = student, distiller
         self.taps = StudentTaps(student) if distiller.needs_features else None
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        student.to(memory_format=self.memory_format)
 
     def forward(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None,
                 teacher: Optional[TeacherOutput] = None):
         # a DeepSpeed bf16/fp16 engine holds the student in that dtype and does not autocast
-        images = images.to(next(self.student.parameters()).dtype)
+        images = images.to(next(self.student.parameters()).dtype,
+                           memory_format=self.memory_format)
         if targets is None:
             return self.student(images).float()
         if self.taps is None:
@@ -113,7 +116,9 @@ def build_student(recipe: Recipe, num_classes: int, steps_per_epoch: int,
                 StudentTaps(student).shapes(student, recipe.data.input_size), teacher_shapes,
                 type(student).__name__)
         distiller = create_distiller(recipe, num_classes, shapes)
-        model = DistillationModel(student, distiller)
+        model = DistillationModel(student, distiller, recipe.student.channels_last)
+    if recipe.student.compile:  # in place, compiled on the first call: state_dict keys unchanged
+        model.compile()
     o = recipe.optim
     optimizer = create_optimizer_v2(model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
                                     momentum=o.momentum)
