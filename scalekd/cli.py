@@ -14,7 +14,8 @@ from scalekd.recipe import Recipe, RecipeError, apply_overrides
 
 def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None):
     """Apply command-line overrides to `recipe` and train; a bad recipe exits with its
-    problems listed (status 2) before anything is built."""
+    problems listed (status 2) before anything is built, a diverged run with status 3."""
+    from scalekd.engine.divergence import TrainingDiverged
     from scalekd.engine.trainer import train
 
     try:
@@ -22,6 +23,9 @@ def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None):
     except RecipeError as err:
         print(f"scalekd: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except TrainingDiverged as err:
+        print(f"scalekd: training diverged: {err}", file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 def run_probe(recipe: Recipe, argv: Optional[list[str]] = None):

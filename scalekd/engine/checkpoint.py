@@ -98,10 +98,10 @@ class Checkpoints:
         if accelerator.is_main_process:
             _write_synced(tmp / MARKER, json.dumps(_manifest(tmp), indent=1))
             if final.exists():  # a re-save of the same step (resume right after a save)
-                shutil.rmtree(final)
+                _remove(final)
             os.rename(tmp, final)
             for old in self.complete()[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)
         accelerator.wait_for_everyone()
         return final
 
@@ -268,6 +268,15 @@ def _rng_problem(path: Path) -> Optional[str]:
         except Exception as err:  # whatever the unpickler raises: the stream cannot be restored
             return f"its random state {name} cannot be loaded ({type(err).__name__}: {err})"
     return None
+
+
+def _remove(checkpoint: Path) -> None:
+    """Delete a checkpoint folder, renamed out of sight first: a kill during the (long) delete
+    leaves a .tmp- folder, which the next start removes (remove_partial), never a half-deleted
+    checkpoint."""
+    aside = checkpoint.with_name(f".tmp-removed-{checkpoint.name}")
+    os.rename(checkpoint, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _any_rank(flag: bool, accelerator: Accelerator) -> bool:

@@ -27,11 +27,13 @@ from scalekd.data import build_eval_loader, build_train_data
 from scalekd.data.classes import load_split
 from scalekd.distill import DISTILLERS, Distiller, FeatureShapes, create_distiller
 from scalekd.engine.checkpoint import Checkpoints, CheckpointWriteError
+from scalekd.engine.divergence import NonFiniteGuard
 from scalekd.engine.distributed import (build_accelerator, launched_world_size,
                                         release_accelerate_state, shard_teacher)
 from scalekd.engine.evaluate import evaluate
 from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog, memory_gb
+from scalekd.engine.run_folder import FINISHED, check_fresh_start, clear
 from scalekd.engine.stopping import StopRequests
 from scalekd.models import FrozenTeacher, create_student, create_teacher, data_config
 from scalekd.models.taps import StudentTaps
@@ -39,9 +41,6 @@ from scalekd.models.teacher import TeacherOutput
 from scalekd.recipe import (Recipe, recipe_changes, resolved_zero_stage, student_recipes,
                             validate)
 from scalekd.teacher_cache.labels import teacher_output as cached_teacher_output
-
-
-FINISHED = "FINISHED"  # marker file in the run folder once the whole schedule is done
 
 
 class DistillationModel(nn.Module):
@@ -138,10 +137,11 @@ def train(recipe: Recipe) -> TrainResult:
 
 def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     validate(recipe, launched_world_size())
+    check_fresh_start(recipe)
     run_dir = recipe.run.path
     checkpoints = Checkpoints(run_dir / "checkpoints", recipe.checkpoint.keep)
     resume_from = (checkpoints.latest() if recipe.checkpoint.resume == "auto"
-                   else None if recipe.checkpoint.resume == "never"
+                   else None if recipe.checkpoint.resume in ("never", "overwrite")
                    else Path(recipe.checkpoint.resume))
     # a DeepSpeed checkpoint of another process count loads through the universal format
     universal = resume_from is not None and Checkpoints.needs_universal(
@@ -151,6 +151,8 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     main = accelerator.is_main_process
     recipe_file, previous = run_dir / "recipe.json", None
     if main:  # only rank 0 reads and (atomically) rewrites it: no rank sees a half-written file
+        if recipe.checkpoint.resume == "overwrite":
+            clear(run_dir)
         previous = json.loads(recipe_file.read_text()) if recipe_file.is_file() else None
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.json.tmp").write_text(json.dumps(recipe.to_dict(), indent=2))
@@ -208,6 +210,8 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         total_steps = min(total_steps, recipe.run.max_steps)
 
     log = RunLog(run_dir / "tb", total_steps, step, main)
+    nonfinite = NonFiniteGuard(recipe.run.on_nonfinite, recipe.run.max_skipped_steps, step,
+                               accelerator.device)
     if resume_from:
         log.print(f"resumed from {resume_from} at step {step}")
         changes = recipe_changes(previous, recipe.to_dict()) if previous else []
@@ -220,6 +224,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         log.print(f"teacher {recipe.teacher.name}: top-1 {teacher_metrics['top1']:.2f}")
 
     def run_eval() -> dict[str, float]:
+        nonfinite.check(accelerator, checkpoints.latest)
         out = {}
         for s in students:
             s.model.eval()
@@ -237,6 +242,9 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
 
     def save_checkpoint() -> None:
         nonlocal saved_step, save_s
+        nonfinite.check(accelerator, checkpoints.latest)  # never save non-finite weights
+        nonfinite.check_weights([s.model for s in students], step, accelerator,
+                                checkpoints.latest)
         t_save = time.perf_counter()
         try:
             checkpoints.save(accelerator, step, emas)
@@ -272,11 +280,16 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
                     s.distiller.set_epoch(step / data.steps_per_epoch)  # for schedules
                     _, terms = s.model(images, targets, teacher_out)
                     loss = s.distiller.total(terms)
+                    nonfinite.observe(s.name, terms, loss)
                     accelerator.backward(loss)
                     clip = s.recipe.optim.clip_grad
                     if clip and accelerator.sync_gradients and not _is_deepspeed(accelerator):
                         accelerator.clip_grad_norm_(s.model.parameters(), clip)
-                    s.optimizer.step()
+                    skipped = nonfinite.skip(s.name, step + 1, accelerator)
+                    if skipped:
+                        log.print(f"warning: {skipped}")
+                    else:
+                        s.optimizer.step()
                     s.optimizer.zero_grad(set_to_none=True)
                     s.window.add(terms, loss, t_teacher,
                                  t_teacher + _elapsed(t_student, accelerator.device))
@@ -284,6 +297,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
                 continue
 
             step += 1
+            nonfinite.end_step()
             for s in students:
                 s.scheduler.step_update(step)
                 if s.ema is not None:
@@ -292,6 +306,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
             lr = lead.optimizer.param_groups[0]["lr"]
             log.advance({"loss": f"{lead.window.last:.3f}", "lr": f"{lr:.2e}"})
             if step % recipe.run.log_every == 0 or step == total_steps:
+                nonfinite.check(accelerator, checkpoints.latest)
                 scalars = {"memory/peak_gb": memory_gb(accelerator.device),
                            "progress/epoch": step / data.steps_per_epoch}
                 if data.skipped is not None:  # data.bad_files=skip; rank 0 counts its own reads
@@ -334,6 +349,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         save_checkpoint()
     log.close()
 
+    nonfinite.check_weights([s.model for s in students], step, accelerator, checkpoints.latest)
     exports = {}
     for s in students:
         state = consolidated_state(accelerator, s.model)
