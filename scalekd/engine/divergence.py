@@ -93,8 +93,8 @@ class NonFiniteGuard:
         rank if any rank recorded a non-finite loss. `last_good`: the latest checkpoint."""
         if self.mode != "stop" or not self.names:
             return
-        local = torch.cat([self.bad_step.float().reshape(1)]
-                          + [torch.cat([bad.float(), values]) for bad, values
+        local = torch.cat([self.bad_step.double().reshape(1)]  # exact step numbers
+                          + [torch.cat([bad.double(), values.double()]) for bad, values
                              in self.first.values()])
         rows = accelerator.gather(local.reshape(1, -1)).cpu()
         steps = [int(s) for s in rows[:, 0]]
