@@ -15,8 +15,10 @@ from scalekd.recipe import Recipe, RecipeError, apply_overrides
 def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None):
     """Apply command-line overrides to `recipe` and train; a bad recipe exits with its
     problems listed (status 2) before anything is built, a run folder that cannot be written
-    or resumed from (disk full, damaged checkpoints) with what is intact and what to do (1)."""
+    or resumed from (disk full, damaged checkpoints) with what is intact and what to do (1), a
+    diverged run with status 3."""
     from scalekd.engine.checkpoint import RunFolderError
+    from scalekd.engine.divergence import TrainingDiverged
     from scalekd.engine.trainer import train
 
     try:
@@ -27,6 +29,9 @@ def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None):
     except RunFolderError as err:
         print(f"scalekd: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except TrainingDiverged as err:
+        print(f"scalekd: training diverged: {err}", file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 def run_probe(recipe: Recipe, argv: Optional[list[str]] = None):

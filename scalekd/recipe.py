@@ -42,6 +42,11 @@ class RunCfg:
     # seconds of wall clock (a scheduler's time limit), or after this many steps (job chains)
     time_budget_s: float = 0.0
     steps_per_job: int = 0
+    # a non-finite loss term: stop (an error naming the step and term; nothing non-finite is
+    # saved) | skip (that optimiser step is not applied; more than max_skipped_steps in a job
+    # stop the run). skip reads one boolean from the device per step (engine/divergence.py)
+    on_nonfinite: str = "stop"
+    max_skipped_steps: int = 10
 
     @property
     def path(self) -> Path:
@@ -194,7 +199,9 @@ class CheckpointCfg:
     every_steps: int = 0  # 0: only at epoch ends
     every_epochs: int = 1
     keep: int = 3
-    resume: str = "auto"  # auto: latest complete checkpoint of run.dir | never | a checkpoint folder
+    # auto: latest complete checkpoint of run.dir | never (refused in a used run.dir) |
+    # overwrite (delete a previous run's outputs, then start) | a checkpoint folder
+    resume: str = "auto"
     on_error: str = "stop"  # a checkpoint that cannot be written (disk full): stop | continue
 
 
@@ -542,12 +549,17 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         (r.data.augment_workers >= -1, "data.augment_workers must be -1 (data.workers), 0 (the "
          "main process) or a process count"),
         (r.data.input_size >= 8, f"data.input_size={r.data.input_size} is too small"),
-        (r.checkpoint.resume in ("auto", "never") or Path(r.checkpoint.resume).is_dir(),
-         f"checkpoint.resume={r.checkpoint.resume!r} must be auto, never or a checkpoint folder"),
+        (r.checkpoint.resume in ("auto", "never", "overwrite")
+         or Path(r.checkpoint.resume).is_dir(),
+         f"checkpoint.resume={r.checkpoint.resume!r} must be auto, never, overwrite or a "
+         "checkpoint folder"),
         (r.checkpoint.on_error in ("stop", "continue"),
          "checkpoint.on_error must be stop or continue"),
         (r.run.time_budget_s >= 0 and r.run.steps_per_job >= 0,
          "run.time_budget_s and run.steps_per_job must be >= 0 (0: off)"),
+        (r.run.on_nonfinite in ("stop", "skip"),
+         f"run.on_nonfinite={r.run.on_nonfinite!r} must be stop or skip"),
+        (r.run.max_skipped_steps >= 0, "run.max_skipped_steps must be >= 0"),
     ]
     problems += [msg for ok, msg in checks if not ok]
     try:
@@ -565,6 +577,11 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
             f"ZeRO-{stage} hands the optimiser flattened partitions, which silently changes the "
             "method: use dist.zero_stage=0 (DDP) or an element-wise optimiser such as adamw"
         )
+    if stage > 0 and r.run.on_nonfinite == "skip":
+        problems.append(
+            "run.on_nonfinite=skip: under DeepSpeed (ZeRO) the engine applies the update "
+            "inside backward, before the loss could be checked; use run.on_nonfinite=stop "
+            "or dist.zero_stage=0 (DDP)")
     if stage == 3 and r.ema.decay > 0:
         problems.append(
             "ema.decay>0 with ZeRO-3: the EMA would need the full student gathered every step; "

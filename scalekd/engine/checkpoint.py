@@ -166,10 +166,10 @@ class Checkpoints:
                 "point run.dir elsewhere; checkpoint.on_error=continue keeps training") from failure
         if accelerator.is_main_process:
             if final.exists():  # a re-save of the same step (resume right after a save)
-                shutil.rmtree(final)
+                _remove(final)
             os.rename(tmp, final)
             for old in self.complete()[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)
         accelerator.wait_for_everyone()
         return final
 
@@ -449,6 +449,15 @@ def _cause(err: Optional[BaseException]) -> str:
         return "no space left on device"
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return f"{type(err).__name__}: {first}"
+
+
+def _remove(checkpoint: Path) -> None:
+    """Delete a checkpoint folder, renamed out of sight first: a kill during the (long) delete
+    leaves a .tmp- folder, which the next start removes (remove_partial), never a half-deleted
+    checkpoint."""
+    aside = checkpoint.with_name(f".tmp-removed-{checkpoint.name}")
+    os.rename(checkpoint, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _any_rank(flag: bool, accelerator: Accelerator) -> bool:

@@ -28,11 +28,13 @@ from scalekd.data.classes import load_split
 from scalekd.distill import DISTILLERS, Distiller, FeatureShapes, create_distiller
 from scalekd.engine.checkpoint import (Checkpoints, CheckpointWriteError, RunWriteError,
                                        write_run_file)
+from scalekd.engine.divergence import NonFiniteGuard
 from scalekd.engine.distributed import (build_accelerator, launched_world_size, precision_note,
                                         release_accelerate_state, shard_teacher)
 from scalekd.engine.evaluate import evaluate
 from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog, memory_gb
+from scalekd.engine.run_folder import FINISHED, check_fresh_start, clear
 from scalekd.engine.stopping import StopRequests
 from scalekd.models import FrozenTeacher, create_student, create_teacher, data_config
 from scalekd.models.taps import StudentTaps
@@ -40,9 +42,6 @@ from scalekd.models.teacher import TeacherOutput
 from scalekd.recipe import (Recipe, recipe_changes, resolved_zero_stage, student_recipes,
                             validate)
 from scalekd.teacher_cache.labels import teacher_output as cached_teacher_output
-
-
-FINISHED = "FINISHED"  # marker file in the run folder once the whole schedule is done
 
 
 class DistillationModel(nn.Module):
@@ -143,11 +142,12 @@ def train(recipe: Recipe) -> TrainResult:
 
 def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     validate(recipe, launched_world_size())
+    check_fresh_start(recipe)
     run_dir = recipe.run.path
     checkpoints = Checkpoints(run_dir / "checkpoints", recipe.checkpoint.keep)
     # the newest intact checkpoint (checksums verified); none intact among several: refused
     resume_from = (checkpoints.latest() if recipe.checkpoint.resume == "auto"
-                   else None if recipe.checkpoint.resume == "never"
+                   else None if recipe.checkpoint.resume in ("never", "overwrite")
                    else Checkpoints.check(Path(recipe.checkpoint.resume)))
     # a DeepSpeed checkpoint of another process count loads through the universal format
     universal = resume_from is not None and Checkpoints.needs_universal(
@@ -157,6 +157,8 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     main = accelerator.is_main_process
     recipe_file, previous = run_dir / "recipe.json", None
     if main:  # only rank 0 reads and (atomically) rewrites it: no rank sees a half-written file
+        if recipe.checkpoint.resume == "overwrite":
+            clear(run_dir)
         previous = json.loads(recipe_file.read_text()) if recipe_file.is_file() else None
         write_run_file(recipe_file, _text(json.dumps(recipe.to_dict(), indent=2)))
         # the batch shell forwards the scheduler's signal here (slurm/train.sbatch)
@@ -213,6 +215,8 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
 
     log = RunLog(run_dir / "tb", total_steps, step, main)
     log.print(precision_note(recipe))
+    nonfinite = NonFiniteGuard(recipe.run.on_nonfinite, recipe.run.max_skipped_steps, step,
+                               accelerator.device)
     if resume_from:
         log.print(f"resumed from {resume_from} at step {step}")
         changes = recipe_changes(previous, recipe.to_dict()) if previous else []
@@ -225,6 +229,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         log.print(f"teacher {recipe.teacher.name}: top-1 {teacher_metrics['top1']:.2f}")
 
     def run_eval() -> dict[str, float]:
+        nonfinite.check(accelerator, checkpoints.latest)
         out = {}
         for s in students:
             s.model.eval()
@@ -242,6 +247,9 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
 
     def save_checkpoint() -> None:
         nonlocal saved_step, save_s
+        nonfinite.check(accelerator, checkpoints.latest)  # never save non-finite weights
+        nonfinite.check_weights([s.model for s in students], step, accelerator,
+                                checkpoints.latest)
         t_save = time.perf_counter()
         try:
             checkpoints.save(accelerator, step, emas)
@@ -278,11 +286,16 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
                     s.distiller.set_epoch(step / data.steps_per_epoch)  # for schedules
                     _, terms = s.model(images, targets, teacher_out)
                     loss = s.distiller.total(terms)
+                    nonfinite.observe(s.name, terms, loss)
                     accelerator.backward(loss)
                     clip = s.recipe.optim.clip_grad
                     if clip and accelerator.sync_gradients and not _is_deepspeed(accelerator):
                         accelerator.clip_grad_norm_(s.model.parameters(), clip)
-                    s.optimizer.step()
+                    skipped = nonfinite.skip(s.name, step + 1, accelerator)
+                    if skipped:
+                        log.print(f"warning: {skipped}")
+                    else:
+                        s.optimizer.step()
                     s.optimizer.zero_grad(set_to_none=True)
                     s.window.add(terms, loss, teacher_span,
                                  (student_start, _mark(accelerator.device)))
@@ -290,12 +303,14 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
                 continue
 
             step += 1
+            nonfinite.end_step()
             for s in students:
                 s.scheduler.step_update(step)
                 if s.ema is not None:
                     s.ema.update(s.module.student, step=step)
             if step % recipe.run.log_every == 0 or step == total_steps:
                 # the one host sync of a window: an all-reduce and a read of the loss sums
+                nonfinite.check(accelerator, checkpoints.latest)
                 scalars = {"memory/peak_gb": memory_gb(accelerator.device),
                            "progress/epoch": step / data.steps_per_epoch}
                 if data.skipped is not None:  # data.bad_files=skip; rank 0 counts its own reads
@@ -343,6 +358,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         save_checkpoint()
     log.close()
 
+    nonfinite.check_weights([s.model for s in students], step, accelerator, checkpoints.latest)
     exports = {}
     # a file that cannot be written (disk full) is never left half-written under its name, and
     # without FINISHED the same command resumes from the final checkpoint and writes them again

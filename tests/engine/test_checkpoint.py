@@ -79,6 +79,33 @@ def test_a_checkpoint_whose_random_state_cannot_be_loaded_is_skipped(tmp_path, a
     assert "random_states_0.pkl" in text
 
 
+def test_a_kill_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path, accelerator,
+                                                                 monkeypatch):
+    """Deleting a checkpoint of gigabytes takes a while; a kill in the middle must not leave a
+    half-deleted step_N folder that no start ever removes."""
+    import shutil
+    from pathlib import Path
+
+    acc, _ = accelerator
+    ckpts = Checkpoints(tmp_path, keep=1)
+    ckpts.save(acc, 1, emas={})
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):  # deletes one file of a folder, then dies
+        if not Path(path).is_dir():
+            return real_rmtree(path, *args, **kwargs)
+        next(p for p in Path(path).rglob("*") if p.is_file()).unlink()
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ckpts.save(acc, 2, emas={})  # prunes step 1
+    monkeypatch.undo()
+    assert ckpts.latest().name == "step_000000002"
+    ckpts.remove_partial(acc)  # what the next start does
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000000002"]
+
+
 def test_disk_full_is_reported_and_leaves_the_last_checkpoint(tmp_path, accelerator,
                                                                monkeypatch):
     import errno
