@@ -174,7 +174,9 @@ class CheckpointCfg:
     every_steps: int = 0  # 0: only at epoch ends
     every_epochs: int = 1
     keep: int = 3
-    resume: str = "auto"  # auto: latest complete checkpoint of run.dir | never | a checkpoint folder
+    # auto: the newest intact checkpoint of run.dir (checkpoints but none intact: refused) | never:
+    # start from scratch | a checkpoint folder (verified likewise)
+    resume: str = "auto"
     on_error: str = "stop"  # a checkpoint that cannot be written (disk full): stop | continue
 
 
