@@ -388,3 +388,32 @@ def test_an_export_that_does_not_fit_leaves_no_half_file(tmp_path, tiny_run, sma
     code, out = _cli(overrides, tmp_path / "rerun.log")
     assert code == 0 and (run_dir / "export" / "student.safetensors").is_file(), out[-3000:]
     assert (run_dir / "FINISHED").is_file()
+
+
+@pytest.mark.slow
+def test_a_run_resumes_from_the_newest_intact_checkpoint_or_refuses(tmp_path, tiny_run):
+    """Through the command line: a checkpoint garbled in place (same size) is skipped saying why
+    and the run resumes from the one before; with every checkpoint damaged it refuses to start
+    from scratch, exit status 1, without a traceback."""
+    from helpers.runs import train_in_process
+
+    run_dir = tmp_path / "run"
+    folder = run_dir / "checkpoints"
+    every = "checkpoint.every_steps=2"
+    assert train_in_process(tiny_run(run_dir, every, "run.steps_per_job=6")).steps == 6
+    _garble(folder / "step_000000006" / "optimizer.bin", -2000)
+    code, out = _cli(tiny_run(run_dir, every, "run.steps_per_job=1"), tmp_path / "a.log")
+    assert code == 0, out[-3000:]
+    assert (f"skipping checkpoint {folder / 'step_000000006'}: files do not match their crc32 "
+            "checksum in COMPLETE (damaged or edited since written): optimizer.bin") in out
+    assert f"resumed from {folder / 'step_000000004'} at step 4" in out
+
+    for path in folder.iterdir():
+        weights = path / "model.safetensors"
+        _garble(weights, 8 + int.from_bytes(weights.read_bytes()[:8], "little") + 100)
+    code, out = _cli(tiny_run(run_dir, every), tmp_path / "b.log")
+    assert code == 1 and "Traceback" not in out, out[-3000:]
+    assert f"scalekd: no intact checkpoint in {folder}, so nothing to resume from:" in out
+    for step in (4, 5, 6):
+        assert f"  step_00000000{step}: files do not match their crc32 checksum" in out
+    assert "start from scratch with checkpoint.resume=never" in out
