@@ -199,8 +199,9 @@ class CheckpointCfg:
     every_steps: int = 0  # 0: only at epoch ends
     every_epochs: int = 1
     keep: int = 3
-    # auto: latest complete checkpoint of run.dir | never (refused in a used run.dir) |
-    # overwrite (delete a previous run's outputs, then start) | a checkpoint folder
+    # auto: the newest intact checkpoint of run.dir (checkpoints but none intact: refused) |
+    # never (refused in a used run.dir) | overwrite (delete a previous run's outputs, then
+    # start) | a checkpoint folder (verified likewise)
     resume: str = "auto"
     on_error: str = "stop"  # a checkpoint that cannot be written (disk full): stop | continue
 

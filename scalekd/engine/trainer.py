@@ -362,7 +362,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     exports = {}
     # a file that cannot be written (disk full) is never left half-written under its name, and
     # without FINISHED the same command resumes from the final checkpoint and writes them again
-    intact = (f"The checkpoint of step {step} holds the trained state; "
+    intact = (f"The checkpoint of step {step} holds the trained state. "
               if saved_step == step else "")
     for s in students:
         state = consolidated_state(accelerator, s.model)
