@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -25,12 +26,24 @@ class RunLog:
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self.writer is not None:
-            for name, value in values.items():
-                self.writer.add_scalar(name, value, step)
+            try:
+                for name, value in values.items():
+                    self.writer.add_scalar(name, value, step)
+            except OSError as err:  # disk full: TensorBoard's writer thread has died
+                self._lost(err)
 
-    def advance(self, postfix: dict[str, str]) -> None:
+    def _lost(self, err: OSError) -> None:
+        """Stop logging to TensorBoard, say so, and train on: checkpoints report their own
+        failures (checkpoint.on_error), and losing curves must not lose the run."""
+        self.writer = None
+        self.print(f"warning: TensorBoard logging stopped, its folder cannot be written ({err}); "
+                   "training goes on")
+
+    def advance(self, postfix: Optional[dict[str, str]] = None) -> None:
+        """One step on the bar; `postfix` (if given) replaces the values shown beside it."""
         self.bar.update(1)
-        self.bar.set_postfix(postfix, refresh=False)
+        if postfix is not None:
+            self.bar.set_postfix(postfix, refresh=False)
 
     def print(self, text: str) -> None:
         if self.enabled:
@@ -39,7 +52,10 @@ class RunLog:
     def close(self) -> None:
         self.bar.close()
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as err:
+                self._lost(err)
 
 
 def read_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
