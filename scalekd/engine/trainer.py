@@ -330,7 +330,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
             step_s, t_step = time.perf_counter() - t_step, time.perf_counter()
             if step == total_steps:
                 break
-            stop = stops.reason(step - job_start, step_s, save_s, accelerator.device)
+            stop = stops.reason(step - job_start, step_s, save_s)
             if stop:
                 break
         epochs_done = step // data.steps_per_epoch

@@ -49,6 +49,8 @@ class FrozenTeacher(nn.Module):
         # x_t = (x_s * s_std + s_mean - t_mean) / t_std, folded into one scale and shift
         self.register_buffer("scale", s_std / t_std, persistent=False)
         self.register_buffer("shift", (s_mean - t_mean) / t_std, persistent=False)
+        # the same normalisation (most timm pairs): the student's pixels as they are
+        self.renormalise = not (torch.equal(s_mean, t_mean) and torch.equal(s_std, t_std))
         self.engine = None  # a DeepSpeed inference engine when the teacher is sharded
         self.stages: Optional[TeacherStages] = None  # set by enable_features
         self.with_proxy = False
@@ -57,7 +59,7 @@ class FrozenTeacher(nn.Module):
         return super().train(False)  # stays in eval mode: BN statistics and dropout frozen
 
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
-        x = images * self.scale + self.shift
+        x = images * self.scale + self.shift if self.renormalise else images
         if self.input_size and x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bicubic",
                               align_corners=False)

@@ -39,6 +39,18 @@ def test_loads_weights_and_renormalises(vit_file):
     assert torch.allclose(teacher(student_view).logits, want, atol=1e-5)
 
 
+def test_the_students_pixels_pass_as_they_are_when_the_normalisations_match(vit_file):
+    reference, path = vit_file
+    cfg = reference.pretrained_cfg
+    teacher = create_teacher(TeacherCfg(name="vit_tiny_patch16_224", checkpoint=str(path),
+                                        kwargs=KW, dtype="fp32"), 10, cfg["mean"], cfg["std"],
+                             student_size=32)
+    pixels = torch.randn(2, 3, 32, 32)
+    assert teacher.prepare_input(pixels) is pixels  # no arithmetic, no copy
+    with torch.no_grad():
+        assert torch.equal(teacher(pixels).logits, reference(pixels))
+
+
 def test_frozen_and_eval_for_good(vit_file):
     teacher = make(vit_file[1])
     container = torch.nn.ModuleDict({"teacher": teacher})
