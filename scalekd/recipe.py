@@ -578,6 +578,12 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
             f"ZeRO-{stage} hands the optimiser flattened partitions, which silently changes the "
             "method: use dist.zero_stage=0 (DDP) or an element-wise optimiser such as adamw"
         )
+    if stage > 0 and r.student.channels_last:
+        problems.append(
+            f"student.channels_last=true under ZeRO-{stage}: DeepSpeed broadcasts and flattens "
+            "the student's weights through contiguous views, which NHWC weights are not (its "
+            "engine fails at start-up); use dist.zero_stage=0 (DDP) or student.channels_last=false"
+        )
     if stage > 0 and r.run.on_nonfinite == "skip":
         problems.append(
             "run.on_nonfinite=skip: under DeepSpeed (ZeRO) the engine applies the update "
