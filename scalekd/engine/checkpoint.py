@@ -56,8 +56,13 @@ class Checkpoints:
         return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
 
     def latest(self) -> Optional[Path]:
-        found = self.complete()
-        return found[-1] if found else None
+        """The newest complete checkpoint whose random states load (read for it alone)."""
+        for path in reversed(self.complete()):
+            problem = _rng_problem(path)
+            if not problem:
+                return path
+            warnings.warn(f"skipping checkpoint {path}: {problem}")
+        return None
 
     def remove_partial(self, accelerator: Accelerator) -> None:
         if accelerator.is_main_process and self.folder.is_dir():
@@ -232,7 +237,7 @@ def _problem(path: Path) -> Optional[str]:
     try:
         text = (path / MARKER).read_text()
         if not text:  # written before markers listed files: trusted as it was then
-            return _rng_problem(path)
+            return None
         listed = json.loads(text)
     except (OSError, ValueError) as err:
         return f"its {MARKER} marker is unreadable ({err})"
@@ -245,7 +250,7 @@ def _problem(path: Path) -> Optional[str]:
     changed = sorted(f for f in listed if on_disk[f] != listed[f])
     if changed:
         return f"files differ in size from {MARKER}: {', '.join(changed)}"
-    return _rng_problem(path)
+    return None
 
 
 def _rng_problem(path: Path) -> Optional[str]:
