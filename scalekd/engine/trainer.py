@@ -28,9 +28,9 @@ from scalekd.data.classes import load_split
 from scalekd.distill import DISTILLERS, Distiller, FeatureShapes, create_distiller
 from scalekd.engine.checkpoint import (Checkpoints, CheckpointWriteError, RunWriteError,
                                        write_run_file)
-from scalekd.engine.divergence import NonFiniteGuard
 from scalekd.engine.distributed import (build_accelerator, launched_world_size, precision_note,
                                         release_accelerate_state, shard_teacher)
+from scalekd.engine.divergence import NonFiniteGuard
 from scalekd.engine.evaluate import evaluate
 from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog, memory_gb
