@@ -28,20 +28,43 @@ label smoothing 0.1, EMA. Losses: 0.5 label + 0.5 KD(T=1) + 0.08 spatial + 0.06 
 distill.dfm_beta=1 distill.tpp=false (CAP only).
 
 Teachers: Swin-L and BEiT-L come from the Hugging Face hub by their timm names (1000-class
-heads). DINOv2's hub weights have no ImageNet head: train a linear probe on its features first
-and pass the probed model as teacher.checkpoint=FILE (the run refuses a head it would have to
-initialise at random).
+heads). DINOv2's weights have no ImageNet head: the pair dinov2g_r50 is a probed teacher
+(`teacher.probe`, scalekd/probe.py): a linear head trained on the frozen encoder's features
+first, into teacher.probe=runs/dinov2g_probe, then encoder + head teach (KD from the head's
+logits, CAP/DFM/TPP on the encoder's final patch tokens and last blocks). Run on one process,
+the recipe probes when that folder holds no probe yet, then distils; before a multi-process
+launch, probe on one process with `probe` as the first argument:
+
+    python recipes/scalekd_in1k.py probe pair=dinov2g_r50 data.path=/data/imagenet
+    accelerate launch --config_file launchers/multi_gpu.yaml recipes/scalekd_in1k.py \\
+        pair=dinov2g_r50 data.path=/data/imagenet
+
+The probe caches its features: 1,281,167 images x 7,680 fp32 (4 class tokens + patch mean of
+width 1,536) = 39 GB in run.dir/features, and in memory while the head trains;
+`probe.blocks=1` (3,072 wide) takes 16 GB.
 """
 
 import sys
 
-from scalekd.cli import run_recipe
+from scalekd.cli import run_probe_first, run_recipe
 from scalekd.recipe import (AugCfg, DataCfg, DistillCfg, EmaCfg, OptimCfg, Recipe, RunCfg,
                             StudentCfg, TeacherCfg, apply_overrides)
 
 SWIN_L = "swin_large_patch4_window7_224.ms_in22k_ft_in1k"
 BEIT_L = "beit_large_patch16_224.in22k_ft_in22k_in1k"
-DINOV2_G = "vit_giant_patch14_dinov2.lvd142m"
+# DINOv2 with registers (Darcet et al., ICLR 2024): the same ViT-g/14 retrained with 4 register
+# tokens, whose patch-token maps lack the original's high-norm artefact tokens; its patch tokens
+# are the targets of ScaleKD's feature terms. vit_giant_patch14_dinov2.lvd142m also runs.
+DINOV2_G = "vit_giant_patch14_reg4_dinov2.lvd142m"
+# DINOv2's linear evaluation (facebookresearch/dinov2, dinov2/eval/linear.py, defaults of
+# get_args_parser and create_linear_input): a linear head on the class tokens of the last 4
+# blocks + the mean of the last block's patch tokens (one setting of its grid over 1 or 4
+# blocks x with or without the mean), 10 epochs of 1,250 iterations at batch 128 per GPU, i.e.
+# about 10 epochs of ImageNet at batch 1024. Ours: our AdamW lr grid (probe.lrs) for its SGD
+# grid, features computed once without augmentation (its: random-resized crops), lr chosen on
+# 10% of the training images held out (its: on the validation set).
+DINOV2_PROBE = ["probe.head=linear", "probe.blocks=4", "probe.patch_mean=true",
+                "probe.epochs=10", "probe.batch_size=1024"]
 # the DeiT-style strategy the authors trained transformer and MLP students with
 TRANSFORMER_STUDENT = ["optim.name=adamw", "optim.lr=1e-3", "optim.weight_decay=0.05",
                        "optim.warmup_epochs=20", "optim.clip_grad=0", "data.batch_size=1024",
@@ -64,7 +87,8 @@ PAIRS: dict[str, list[str]] = {
     "beitl_r50": [f"teacher.name={BEIT_L}"],
     "beitl_mixer_b": [f"teacher.name={BEIT_L}", "student.name=mixer_b16_224",
                       *TRANSFORMER_STUDENT],
-    "dinov2g_r50": [f"teacher.name={DINOV2_G}", "teacher.pretrained=false"],
+    "dinov2g_r50": [f"teacher.name={DINOV2_G}", "teacher.kwargs={'img_size':224}",
+                    "teacher.probe=runs/dinov2g_probe", *DINOV2_PROBE],
 }
 
 
@@ -91,6 +115,16 @@ def split_pair(argv: list[str]) -> tuple[str, list[str]]:
     return (pairs[-1] if pairs else "swinl_r50"), [a for a in argv if not a.startswith("pair=")]
 
 
+def main(argv: list[str]):
+    """`probe` as the first argument: only the probe of a probed teacher (one process).
+    Returns the training's result (None when only probing)."""
+    probe_only = argv[:1] == ["probe"]
+    pair, overrides = split_pair(argv[probe_only:])
+    distilled = apply_overrides(recipe(pair), overrides)
+    if distilled.teacher.probe:
+        run_probe_first(distilled, f"python recipes/scalekd_in1k.py probe pair={pair} ARGS")
+    return None if probe_only else run_recipe(distilled, [])
+
+
 if __name__ == "__main__":
-    pair, overrides = split_pair(sys.argv[1:])
-    run_recipe(recipe(pair), overrides)
+    main(sys.argv[1:])

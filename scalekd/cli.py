@@ -15,8 +15,10 @@ from scalekd.recipe import Recipe, RecipeError, apply_overrides
 def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None):
     """Apply command-line overrides to `recipe` and train; a bad recipe exits with its
     problems listed (status 2) before anything is built, a run folder that cannot be written
-    or resumed from (disk full, damaged checkpoints) with what is intact and what to do (1)."""
+    or resumed from (disk full, damaged checkpoints) with what is intact and what to do (1), a
+    diverged run with status 3."""
     from scalekd.engine.checkpoint import RunFolderError
+    from scalekd.engine.divergence import TrainingDiverged
     from scalekd.engine.trainer import train
 
     try:
@@ -27,6 +29,9 @@ def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None):
     except RunFolderError as err:
         print(f"scalekd: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except TrainingDiverged as err:
+        print(f"scalekd: training diverged: {err}", file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 def run_probe(recipe: Recipe, argv: Optional[list[str]] = None):
@@ -39,6 +44,26 @@ def run_probe(recipe: Recipe, argv: Optional[list[str]] = None):
     except RecipeError as err:
         print(f"scalekd probe: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_probe_first(distilled: Recipe, probe_command: str) -> None:
+    """Probe the teacher of `distilled` into its teacher.probe folder (scalekd.probe's
+    probe_recipe), unless a probe is there already. The probe computes the teacher's features
+    on one device, so a multi-process launch finding no probe stops and names `probe_command`,
+    which probes on one process."""
+    from scalekd.engine.distributed import launched_world_size
+    from scalekd.models.probe import PROBE_FILE
+    from scalekd.probe import probe_recipe
+
+    folder = distilled.teacher.probe
+    if (Path(folder) / PROBE_FILE).is_file():
+        print(f"reusing the probe in {folder}")
+    elif launched_world_size() > 1:
+        print(f"scalekd: teacher.probe={folder!r} holds no probe yet, and the probe runs on one "
+              f"process: probe first with `{probe_command}`, then launch again", file=sys.stderr)
+        raise SystemExit(2)
+    else:
+        run_probe(probe_recipe(distilled), [])
 
 
 def main(argv: Optional[list[str]] = None) -> None:

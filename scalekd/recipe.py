@@ -33,13 +33,20 @@ class RunCfg:
     dir: str = "runs/{name}"  # `{name}` is replaced by run.name
     seed: int = 0
     epochs: int = 100
-    precision: str = "no"  # student mixed precision: no | bf16 | fp16
+    # student mixed precision: auto (the launcher's: `accelerate launch --mixed_precision` or
+    # its config file's mixed_precision; no without a launcher) | no | bf16 | fp16
+    precision: str = "auto"
     log_every: int = 10  # steps between TensorBoard scalar writes
     max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs); for smoke runs
     # end this job early, checkpointed, to be resumed by the next one (0: off): before this many
     # seconds of wall clock (a scheduler's time limit), or after this many steps (job chains)
     time_budget_s: float = 0.0
     steps_per_job: int = 0
+    # a non-finite loss term: stop (an error naming the step and term; nothing non-finite is
+    # saved) | skip (that optimiser step is not applied; more than max_skipped_steps in a job
+    # stop the run). skip reads one boolean from the device per step (engine/divergence.py)
+    on_nonfinite: str = "stop"
+    max_skipped_steps: int = 10
 
     @property
     def path(self) -> Path:
@@ -96,6 +103,8 @@ class AugCfg:
     mixup: float = 0.0
     cutmix: float = 0.0
     smoothing: float = 0.0  # label smoothing of the hard-label target
+    # the resize of training crops: a timm name, or random (bilinear or bicubic per crop);
+    # evaluation uses it too, or for random the student's own (scalekd.data.loader)
     interpolation: str = "bicubic"
     crop_pct: float = 0.875  # evaluation centre crop
 
@@ -107,6 +116,8 @@ class StudentCfg:
     checkpoint: str = ""  # initial weights from a file (safetensors or torch)
     drop_path: float = 0.0
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
+    channels_last: bool = False  # NHWC weights and inputs (faster convolutions: CNN students)
+    compile: bool = False  # torch.compile the student's forward with the distiller's loss terms
 
 
 @dataclass
@@ -137,16 +148,30 @@ class DistillCfg:
     temperature: float = 1.0  # T of kd, bkd, bkl, dkd; tau of dist
     hard_loss: str = "bce"  # ce | bce | none
     bce_target_thresh: Optional[float] = None
+    # every binary cross-entropy over classes (the bce label loss, bkd/bkl): mean (over batch x
+    # classes: timm's BinaryCrossEntropy and VanillaKD's released BinaryKLDiv) | sum_classes
+    # (summed over classes, averaged over the batch: mmcls's CrossEntropyLoss(use_sigmoid=True)
+    # with avg_factor=batch, ScaleKD's label loss; VanillaKD's eq. 3). On ImageNet the two
+    # differ by 1000x, which moves the term's weight against the others as much
+    bce_reduction: str = "mean"
     weights: dict[str, float] = field(default_factory=dict)  # per loss term; method defaults
-    dkd_warmup_epochs: float = 0.0  # dkd: ramp its TCKD/NCKD weights linearly from 0 over this
-    #                                 many epochs; 0: off (mdistiller's ImageNet setting)
+    # dkd: ramp its TCKD/NCKD weights by min(e / this, 1) in the e-th epoch (1-based, per
+    # epoch, as mdistiller); 0: off (VanillaKD's; mdistiller's ImageNet setting of 1 is no ramp)
+    dkd_warmup_epochs: float = 0.0
     # scalekd: feature mimicking weight w, split beta*w spatial / (1-beta)*w frequency view
     # (w=0.14, beta=4/7: the authors' 0.08 / 0.06); beta=1 drops the frequency view
     dfm_weight: float = 0.14
     dfm_beta: float = 4 / 7
     tpp: bool = True  # scalekd: teacher parameter perception (the proxy path)
+    # scalekd: the proxy path's depth in teacher blocks: an isotropic teacher's last N blocks
+    # (the authors: 2 of EVA-L's 24); a hierarchical teacher's proxy is its last stage (Swin-L:
+    # 2 blocks), N must be that stage's count; 0: the last stage, or the last quarter of blocks
+    tpp_blocks: int = 0
     cap_heads: tuple[int, int] = (0, 0)  # scalekd: CAP heads at stage 3, 4; 0: authors' values
     cap_softmax_scale: float = 5.0  # scalekd: extra factor on the attention logits
+    # scalekd: the norm after CAP's 3x3 conv: auto (the authors': layernorm for Swin students,
+    # batchnorm for every other) | batchnorm | layernorm
+    cap_norm: str = "auto"
 
 
 @dataclass
@@ -174,8 +199,9 @@ class CheckpointCfg:
     every_steps: int = 0  # 0: only at epoch ends
     every_epochs: int = 1
     keep: int = 3
-    # auto: the newest intact checkpoint of run.dir (checkpoints but none intact: refused) | never:
-    # start from scratch | a checkpoint folder (verified likewise)
+    # auto: the newest intact checkpoint of run.dir (checkpoints but none intact: refused) |
+    # never (refused in a used run.dir) | overwrite (delete a previous run's outputs, then
+    # start) | a checkpoint folder (verified likewise)
     resume: str = "auto"
     on_error: str = "stop"  # a checkpoint that cannot be written (disk full): stop | continue
 
@@ -370,9 +396,14 @@ def _student_problems(recipe: Recipe, world_size: int) -> list[str]:
             )
             continue
         try:
-            validate(student_recipes(recipe)[name], world_size)
+            own = student_recipes(recipe)[name]
+            validate(own, world_size)
         except RecipeError as err:
             problems += [f"{label}: {p}" for p in err.problems]
+            continue
+        if own.distill.tpp_blocks != recipe.distill.tpp_blocks:
+            problems.append(f"{label}: the students share the teacher's proxy path; keep the "
+                            f"recipe's distill.tpp_blocks={recipe.distill.tpp_blocks}")
     if recipe.students and resolved_zero_stage(recipe) > 0:
         problems.append("several students need DDP (dist.zero_stage=0): accelerate drives one "
                         "DeepSpeed engine per run")
@@ -382,6 +413,7 @@ def _student_problems(recipe: Recipe, world_size: int) -> list[str]:
 def validate(recipe: Recipe, world_size: int = 1) -> None:
     """Check the recipe before any compute; raise one RecipeError listing every problem."""
     import timm
+    from timm.data.transforms import str_to_interp_mode
 
     from scalekd.data import SOURCES
     from scalekd.data.classes import check_classes
@@ -430,7 +462,7 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
                 "features with hooks, which torch.compile would re-trace every step; compile "
                 "serves logit methods: set teacher.compile=false")
     if r.teacher.probe and method is not None and method.needs_teacher:
-        problems += _probe_problems(r, method)
+        problems += _probe_problems(r)
     problems += cache_problems(r)
     # a cached run never loads the teacher: its weights may stay where the cache was written
     teacher_weights = r.teacher.checkpoint if r.teacher.mode != "cached" else ""
@@ -485,13 +517,22 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
 
     checks = [
         (r.run.epochs > 0, "run.epochs must be positive"),
-        (r.run.precision in ("no", "bf16", "fp16"), "run.precision must be no, bf16 or fp16"),
+        (r.run.precision in ("auto", *PRECISIONS),
+         f"run.precision={r.run.precision!r} must be auto (the launcher's), no, bf16 or fp16"),
+        (r.run.precision != "auto" or resolved_precision(r) in PRECISIONS,
+         f"the launcher's mixed precision {resolved_precision(r)!r} (ACCELERATE_MIXED_PRECISION)"
+         " is not supported: launch with --mixed_precision no, bf16 or fp16, or set "
+         "run.precision"),
         (r.optim.lr > 0, f"optim.lr={r.optim.lr} must be positive"),
         (r.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (r.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
         (r.distill.temperature > 0, f"distill.temperature={r.distill.temperature} must be > 0"),
         (r.distill.hard_loss in ("ce", "bce", "none"), "distill.hard_loss must be ce, bce or none"),
+        (r.distill.bce_reduction in ("mean", "sum_classes"),
+         f"distill.bce_reduction={r.distill.bce_reduction!r} must be mean or sum_classes"),
         (r.distill.dkd_warmup_epochs >= 0, "distill.dkd_warmup_epochs must be >= 0"),
+        (r.distill.tpp_blocks >= 0, "distill.tpp_blocks must be >= 0 (0: the teacher's last "
+         "stage, or quarter of its blocks)"),
         (r.teacher.dtype in ("bf16", "fp32"), "teacher.dtype must be bf16 or fp32"),
         (r.teacher.placement in ("replicated", "zero3"),
          "teacher.placement must be replicated or zero3"),
@@ -509,14 +550,25 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         (r.data.augment_workers >= -1, "data.augment_workers must be -1 (data.workers), 0 (the "
          "main process) or a process count"),
         (r.data.input_size >= 8, f"data.input_size={r.data.input_size} is too small"),
-        (r.checkpoint.resume in ("auto", "never") or Path(r.checkpoint.resume).is_dir(),
-         f"checkpoint.resume={r.checkpoint.resume!r} must be auto, never or a checkpoint folder"),
+        (r.checkpoint.resume in ("auto", "never", "overwrite")
+         or Path(r.checkpoint.resume).is_dir(),
+         f"checkpoint.resume={r.checkpoint.resume!r} must be auto, never, overwrite or a "
+         "checkpoint folder"),
         (r.checkpoint.on_error in ("stop", "continue"),
          "checkpoint.on_error must be stop or continue"),
         (r.run.time_budget_s >= 0 and r.run.steps_per_job >= 0,
          "run.time_budget_s and run.steps_per_job must be >= 0 (0: off)"),
+        (r.run.on_nonfinite in ("stop", "skip"),
+         f"run.on_nonfinite={r.run.on_nonfinite!r} must be stop or skip"),
+        (r.run.max_skipped_steps >= 0, "run.max_skipped_steps must be >= 0"),
     ]
     problems += [msg for ok, msg in checks if not ok]
+    try:
+        if r.aug.interpolation != "random":  # random: bilinear or bicubic per training crop
+            str_to_interp_mode(r.aug.interpolation)
+    except KeyError:
+        problems.append(f"aug.interpolation={r.aug.interpolation!r} is not an interpolation; "
+                        "choose bicubic, bilinear, nearest, box, hamming, lanczos or random")
 
     problems += _student_problems(r, world_size)
     stage = resolved_zero_stage(r)
@@ -526,6 +578,11 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
             f"ZeRO-{stage} hands the optimiser flattened partitions, which silently changes the "
             "method: use dist.zero_stage=0 (DDP) or an element-wise optimiser such as adamw"
         )
+    if stage > 0 and r.run.on_nonfinite == "skip":
+        problems.append(
+            "run.on_nonfinite=skip: under DeepSpeed (ZeRO) the engine applies the update "
+            "inside backward, before the loss could be checked; use run.on_nonfinite=stop "
+            "or dist.zero_stage=0 (DDP)")
     if stage == 3 and r.ema.decay > 0:
         problems.append(
             "ema.decay>0 with ZeRO-3: the EMA would need the full student gathered every step; "
@@ -555,16 +612,12 @@ def _mixed_problems(r: Recipe, method, per_step: int) -> list[str]:
     return problems
 
 
-def _probe_problems(r: Recipe, method: Any) -> list[str]:
+def _probe_problems(r: Recipe) -> list[str]:
     from scalekd.data.classes import known_classes
     from scalekd.models.probe import probe_problems
 
-    problems = probe_problems(r.teacher, r.data, r.teacher.input_size or r.data.input_size,
-                              known_classes(r.data))
-    if method.needs_features:
-        problems.append(f"teacher.probe serves logit methods; distill.method="
-                        f"{r.distill.method!r} taps the teacher's feature maps")
-    return problems
+    return probe_problems(r.teacher, r.data, r.teacher.input_size or r.data.input_size,
+                          known_classes(r.data))
 
 
 # optimisers whose update depends on whole-tensor norms (so not on a ZeRO partition)
@@ -595,6 +648,25 @@ def grad_accum_steps(recipe: Recipe, world_size: int) -> int:
         if d.batch_size % per_step == 0 and d.batch_size // per_step <= d.device_batch:
             return accum
     return 0
+
+
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+def launcher_precision() -> Optional[str]:
+    """The mixed precision `accelerate launch` configured (its --mixed_precision, else its config
+    file's mixed_precision; it hands either over as ACCELERATE_MIXED_PRECISION, which a user may
+    also set by hand), or None without one."""
+    value = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    return value.lower() if value else None
+
+
+def resolved_precision(recipe: Recipe) -> str:
+    """The student's mixed precision in force: run.precision if set, else the launcher's, else
+    no."""
+    if recipe.run.precision != "auto":
+        return recipe.run.precision
+    return launcher_precision() or "no"
 
 
 def resolved_zero_stage(recipe: Recipe) -> int:

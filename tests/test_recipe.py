@@ -71,7 +71,7 @@ def test_valid_recipe_passes(tmp_path):
     (["distill.weights.crd=1"], "not terms of 'kd'"),
     (["optim.name=lamb", "dist.zero_stage=3"], "per-tensor trust ratio"),
     (["ema.decay=0.99", "dist.zero_stage=3"], "EMA would need the full student"),
-    (["checkpoint.resume=/nope"], "must be auto, never or a checkpoint folder"),
+    (["checkpoint.resume=/nope"], "must be auto, never, overwrite or a checkpoint folder"),
     (["students.b.data.batch_size=8"], "students.b sets ['data.batch_size'], which all students"),
     (["students.b.distill.method=nope"], "students.b: distill.method='nope' is not a registered"),
     (["students.b.optim.lr=1e-3", "dist.zero_stage=3"], "several students need DDP"),

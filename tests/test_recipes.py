@@ -1,5 +1,6 @@
 """The recipe files: A1 fails clearly without data/weights and runs for real on tiny overrides."""
 
+import json
 import runpy
 import subprocess
 import sys
@@ -7,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import timm
+import torch
 from safetensors.torch import save_file
 
-from helpers.runs import subprocess_env
+from helpers.runs import exported, scalars, subprocess_env
 from scalekd.engine.trainer import train
 from scalekd.recipe import apply_overrides, validate
 
@@ -77,13 +79,10 @@ def test_scalekd_pairs_validate_and_name_what_is_missing():
         r = SCALEKD["recipe"](pair)
         assert r.distill.method == "scalekd" and r.run.name == f"scalekd_{pair}"
         synthetic = apply_overrides(r, ["data.source=synthetic", "data.num_samples=8"])
-        if pair == "dinov2g_r50":  # no ImageNet head on the hub: a probed checkpoint is needed
-            try:
+        if pair == "dinov2g_r50":  # no ImageNet head on the hub: a probed teacher
+            with pytest.raises(RecipeError, match="teacher.probe='runs/dinov2g_probe' is not a "
+                                                  "probe folder"):
                 validate(synthetic)
-            except RecipeError as err:
-                assert "teacher.checkpoint=" in str(err)
-            else:
-                raise AssertionError("the DINOv2 pair needs a probed teacher checkpoint")
         else:
             validate(synthetic)
     advanced = SCALEKD["recipe"]("swinl_r50")
@@ -112,3 +111,46 @@ def test_scalekd_recipe_runs_on_tiny_overrides(tmp_path):
     ])
     result = train(recipe)
     assert result.steps == 2 and 0 <= result.metrics["eval/top1"] <= 100
+
+
+@pytest.mark.slow  # about 90 s of CPU: three short ScaleKD runs and a probe
+def test_dinov2_pair_probes_distils_stops_resumes_and_exports(tmp_path, monkeypatch, capsys):
+    """DINOv2 ViT-g -> ResNet-50-D from the recipe's commands, shrunk: a tiny DINOv2 with
+    registers (patch 14, 4 blocks) from a weights file, a ResNet-18-D. One process probes, then
+    distils with ScaleKD (KD on the head's logits; CAP/DFM/TPP on the encoder's patch tokens and
+    last block); the job stops after 2 steps (run.steps_per_job), the next resumes and exports
+    what an uninterrupted run exports."""
+    dinov2 = {"img_size": 56, "depth": 4, "embed_dim": 32, "num_heads": 2}
+    encoder = timm.create_model("vit_giant_patch14_reg4_dinov2", num_classes=0, **dinov2)
+    save_file(encoder.state_dict(), tmp_path / "dinov2.safetensors")  # as the hub's: no head
+    tiny = [
+        "pair=dinov2g_r50", "data.source=synthetic", "data.num_samples=32",
+        "data.input_size=56", "data.batch_size=8", "data.workers=0", "student.name=resnet18d",
+        f"teacher.kwargs={dinov2}", f"teacher.checkpoint={tmp_path / 'dinov2.safetensors'}",
+        "teacher.pretrained=false", "teacher.dtype=fp32", "run.precision=no",
+        f"teacher.probe={tmp_path / 'probe'}", "probe.epochs=2", "probe.batch_size=16",
+        "probe.lrs=(1e-2,)", "run.epochs=2", "run.log_every=1",
+    ]
+    main = SCALEKD["main"]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a multi-process launch does not probe: it says how
+    with pytest.raises(SystemExit):
+        main([*tiny, f"run.dir={tmp_path / 'cut'}"])
+    assert "python recipes/scalekd_in1k.py probe pair=dinov2g_r50" in capsys.readouterr().err
+    monkeypatch.delenv("WORLD_SIZE")
+
+    first = main([*tiny, f"run.dir={tmp_path / 'cut'}", "run.steps_per_job=2"])
+    probed = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert probed["teacher"]["name"] == "vit_giant_patch14_reg4_dinov2.lvd142m"
+    assert probed["features"]["kind"] == "cls x4 + patch mean" and probed["head"]["kind"] == "linear"
+    assert not first.finished and first.steps == 2
+    second = main([*tiny, f"run.dir={tmp_path / 'cut'}"])
+    assert "reusing the probe" in capsys.readouterr().out
+    assert second.finished and second.steps == 8
+    whole = main([*tiny, f"run.dir={tmp_path / 'whole'}"])
+    logged = scalars(tmp_path / "cut")
+    assert {"loss/kd", "loss/spatial.s3", "loss/frequency.s4"} <= set(logged)
+    assert logged["loss/total"] == scalars(tmp_path / "whole")["loss/total"]
+    cut, ref = exported(tmp_path / "cut"), exported(whole.run_dir)
+    student = timm.create_model("resnet18d", num_classes=10).state_dict()
+    assert cut.keys() == ref.keys() == student.keys()  # the projectors are not exported
+    assert all(torch.equal(cut[k], ref[k]) for k in cut)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+import timm
 import torch
 from timm.data import Mixup, create_transform
 from torch.utils.data import DataLoader, Dataset
@@ -16,8 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 from scalekd.data.ffcv_source import BetonImages, EvalBatches, TrainBatches
 from scalekd.data.on_batch import BatchFinish, seed_all
 from scalekd.data.mix_folder import MixedImages, WithMixed
-from scalekd.data.sampler import EpochBatches, MixedBatches
+from scalekd.data.sampler import EpochBatches, MixedBatches, loader_generator
 from scalekd.data.source import LabelledImages, SkipCounter
+from scalekd.data.workers import leave_signals_to_trainer
 from scalekd.recipe import Recipe, grad_accum_steps
 from scalekd.teacher_cache.labels import SoftLabelMixup
 from scalekd.teacher_cache.replay import replay_batches, replay_loader
@@ -103,7 +105,9 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std, rank: in
         )
         loader = DataLoader(SeededTransform(images, transform), batch_sampler=batches,
                             num_workers=d.workers, persistent_workers=d.workers > 0,
-                            pin_memory=torch.cuda.is_available())
+                            pin_memory=torch.cuda.is_available(),
+                            generator=loader_generator(recipe.run.seed),
+                            worker_init_fn=leave_signals_to_trainer)
         if d.uint8:
             loader = _Finished(loader, batches, BatchFinish(mean, std, device,
                                                             erase_prob=a.re_prob))
@@ -143,13 +147,25 @@ def build_eval_loader(recipe: Recipe, images: LabelledImages, mean, std, rank: i
         return EvalBatches(recipe, images, mean, std, rank, world_size, batch,
                            input_size or d.input_size, device)
     transform = create_transform(input_size or d.input_size, is_training=False,
-                                 interpolation=recipe.aug.interpolation, mean=mean, std=std,
+                                 interpolation=eval_interpolation(recipe), mean=mean, std=std,
                                  crop_pct=recipe.aug.crop_pct)
     per_rank = -(-len(images) // world_size)
     indices = list(range(rank, len(images), world_size))
     indices += [-1] * (per_rank - len(indices))
     return DataLoader(_Padded(images, transform, indices), batch_size=batch,
-                      num_workers=d.workers, shuffle=False)
+                      num_workers=d.workers, shuffle=False,
+                      generator=loader_generator(recipe.run.seed),
+                      worker_init_fn=leave_signals_to_trainer)
+
+
+def eval_interpolation(recipe: Recipe) -> str:
+    """Evaluation resizes with one fixed interpolation: aug.interpolation, or, where that is
+    'random' (a draw per training crop, timm train.py's default), the student's own (its timm
+    pretrained_cfg's; bicubic without one), as timm's train.py evaluates."""
+    if recipe.aug.interpolation != "random":
+        return recipe.aug.interpolation
+    cfg = timm.models.get_pretrained_cfg(recipe.student.name.split("hf-hub:")[-1])
+    return (cfg.interpolation if cfg is not None and cfg.interpolation else None) or "bicubic"
 
 
 class _Padded(Dataset):

@@ -105,8 +105,8 @@ class Checkpoints:
             raise DamagedCheckpoint(
                 f"no intact checkpoint in {self.folder}, so nothing to resume from:\n  "
                 + "\n  ".join(skipped) + "\nRestore a checkpoint, pass one with "
-                "checkpoint.resume=FOLDER, or start from scratch with checkpoint.resume=never "
-                "(or move the checkpoints folder away)")
+                "checkpoint.resume=FOLDER, or start from scratch with checkpoint.resume=overwrite "
+                "(which deletes them)")
         return None
 
     @staticmethod
@@ -168,10 +168,10 @@ class Checkpoints:
                 "checkpoint.on_error=continue keeps training") from failure
         if accelerator.is_main_process:
             if final.exists():  # a re-save of the same step (resume right after a save)
-                shutil.rmtree(final)
+                _remove(final)
             os.rename(tmp, final)
             for old in self.complete()[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)
         accelerator.wait_for_everyone()
         return final
 
@@ -222,7 +222,7 @@ class Checkpoints:
                 f"could not load checkpoint {path} ({_cause(err)}). Its {MARKER} marker has no "
                 "checksums (written by an older scalekd), so damage could not be found before "
                 "loading. Resume from another checkpoint with checkpoint.resume=FOLDER, or start "
-                "from scratch with checkpoint.resume=never") from err
+                "from scratch with checkpoint.resume=overwrite") from err
         for optimizer, saved in zip(accelerator._optimizers, groups):
             for group, own in zip(_innermost(optimizer), saved):
                 group.update(own)
@@ -372,8 +372,8 @@ def _problem(path: Path, checksums: bool) -> Optional[str]:
         listed = _read_marker(path)
     except (OSError, ValueError) as err:
         return f"its {MARKER} marker is unreadable ({err})"
-    if listed == "":
-        return None
+    if listed == "":  # written before markers listed files: trusted as it was then
+        return _rng_problem(path)
     if not isinstance(listed, dict) or not listed:
         return f"its {MARKER} marker lists no files"
     entries = listed.get("files", listed)
@@ -394,6 +394,28 @@ def _problem(path: Path, checksums: bool) -> Optional[str]:
         if damaged:
             return (f"files do not match their {CHECKSUM} checksum in {MARKER} (damaged or "
                     f"edited since written): {', '.join(damaged)}")
+    return _rng_problem(path)
+
+
+def _rng_problem(path: Path) -> Optional[str]:
+    """Why the random states of the processes that wrote checkpoint `path` cannot be restored,
+    or None. accelerate's load_state logs an RNG file it cannot load at INFO level and goes on
+    with the streams it has, so a resume from it would silently not be exact. The files are a
+    few KB each (read with accelerate's own weights-only loader)."""
+    from accelerate.utils import RNG_STATE_NAME
+    from accelerate.utils import load as accelerate_load
+
+    try:
+        processes = json.loads((path / "trainer_state.json").read_text())["world_size"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"its trainer_state.json is unreadable ({err})"
+    for rank in range(processes):
+        name = f"{RNG_STATE_NAME}_{rank}.pkl"
+        try:
+            state = accelerate_load(path / name)
+            state["random_state"], state["numpy_random_seed"], state["torch_manual_seed"]
+        except Exception as err:  # whatever the unpickler raises: the stream cannot be restored
+            return f"its random state {name} cannot be loaded ({type(err).__name__}: {err})"
     return None
 
 
@@ -407,7 +429,7 @@ def _trainer_state(path: Path) -> dict:
         raise DamagedCheckpoint(
             f"checkpoint {path} has an unreadable trainer_state.json ({_cause(err)}). Resume "
             "from another checkpoint with checkpoint.resume=FOLDER, or start from scratch "
-            "with checkpoint.resume=never") from err
+            "with checkpoint.resume=overwrite") from err
 
 
 def write_run_file(path: Path, write: Callable[[Path], None], intact: str = "") -> None:
@@ -444,6 +466,15 @@ def _cause(err: Optional[BaseException]) -> str:
         return "no space left on device" + (f": {detail}" if detail else "")
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return f"{type(err).__name__}: {first}"
+
+
+def _remove(checkpoint: Path) -> None:
+    """Delete a checkpoint folder, renamed out of sight first: a kill during the (long) delete
+    leaves a .tmp- folder, which the next start removes (remove_partial), never a half-deleted
+    checkpoint."""
+    aside = checkpoint.with_name(f".tmp-removed-{checkpoint.name}")
+    os.rename(checkpoint, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _any_rank(flag: bool, accelerator: Accelerator) -> bool:

@@ -4,11 +4,14 @@ process, how many parameter elements the student engine and the teacher engine h
 (`ds_tensor`, the ZeRO-3 shard) against the full count (`ds_numel`), in
 RUN_DIR/sharding/rank{R}.json; and it records every torch.load call (file, weights_only) in
 RUN_DIR/loads/rank{R}.json when the run ends, so a test can check how a resume read its
-checkpoint. Training itself is the library's, untouched."""
+checkpoint. With SCALEKD_TEST_NONFINITE=STEP:RANK:TERM, loss term TERM of the recipe's student
+turns NaN at optimiser step STEP on rank RANK (the only seam into training itself: a divergence
+injected on one rank)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import torch
@@ -67,6 +70,8 @@ def main(argv: list[str]) -> None:
         loads.append({"file": str(f), "weights_only": kwargs.get("weights_only", "default")})
         return torch_load(f, *args, **kwargs)
 
+    if os.environ.get("SCALEKD_TEST_NONFINITE"):
+        inject_nonfinite(*os.environ["SCALEKD_TEST_NONFINITE"].split(":"))
     trainer.build_accelerator = recording_build_accelerator
     trainer.shard_teacher = recording_shard_teacher
     torch.load = recording_load
@@ -75,6 +80,23 @@ def main(argv: list[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"rank{record['rank']}.json").write_text(json.dumps(loads, indent=2))
     print(f"distributed_run: done, {result.steps} steps, {result.metrics}", flush=True)
+
+
+def inject_nonfinite(step: str, rank: str, term: str) -> None:
+    """Term `term` of every student becomes NaN in optimiser step `step` (1-based; one
+    micro-batch a step) on process `rank`."""
+    from scalekd.distill.base import Distiller
+
+    total, calls = Distiller.total, {}
+
+    def total_with_nan(self, terms):
+        calls[id(self)] = calls.get(id(self), 0) + 1
+        here = int(os.environ.get("RANK", "0")) == int(rank)
+        if here and calls[id(self)] == int(step):
+            terms[term] = terms[term] * float("nan")  # the dict the trainer checks
+        return total(self, terms)
+
+    Distiller.total = total_with_nan
 
 
 def _write(recipe, record: dict) -> None:

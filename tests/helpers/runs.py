@@ -18,6 +18,10 @@ RUN_SCRIPT = Path(__file__).with_name("distributed_run.py")
 # The student and teacher of every tiny run: a 2-block ViT on 32x32 images (LayerNorm, no
 # BatchNorm, so losses do not depend on how a batch is split over processes).
 TINY_VIT = "{'img_size':32,'patch_size':8,'depth':2}"
+# What exact-resume tests add: a student with randomness of its own (drop path) and a loader
+# worker process, as every real recipe has; a student without randomness, or a loader without
+# workers, hides a shifted random stream (issue 18)
+STOCHASTIC = ("student.drop_path=0.1", "data.workers=1")
 
 
 def tiny_overrides(run_dir, teacher_checkpoint, *extra: str) -> list[str]:
