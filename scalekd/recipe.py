@@ -168,7 +168,8 @@ class DistillCfg:
     # 2 blocks), N must be that stage's count; 0: the last stage, or the last quarter of blocks
     tpp_blocks: int = 0
     cap_heads: tuple[int, int] = (0, 0)  # scalekd: CAP heads at stage 3, 4; 0: authors' values
-    cap_softmax_scale: float = 5.0  # scalekd: extra factor on the attention logits
+    # scalekd: extra factor on CAP's attention logits (the authors' per pair: 5, 1 or 0.2)
+    cap_softmax_scale: float = 5.0
     # scalekd: the norm after CAP's 3x3 conv: auto (the authors': layernorm for Swin students,
     # batchnorm for every other) | batchnorm | layernorm
     cap_norm: str = "auto"

@@ -120,7 +120,7 @@ def test_scalekd_pairs_validate_and_name_what_is_missing():
 
 def test_scalekd_recipe_runs_on_tiny_overrides(tmp_path):
     """Swin teacher -> ResNet-50-D student, the paper's main pair, shrunk."""
-    swin = {"img_size": 64, "depths": (1, 1, 1, 1), "window_size": 2, "embed_dim": 24,
+    swin = {"img_size": 64, "depths": (1, 1, 1, 2), "window_size": 2, "embed_dim": 24,
             "num_heads": (1, 1, 1, 1)}
     teacher = timm.create_model("swin_large_patch4_window7_224", num_classes=10, **swin)
     save_file(teacher.state_dict(), tmp_path / "swin.safetensors")
