@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from scalekd.data import build_eval_loader
+from scalekd.data.loader import eval_interpolation
 from scalekd.data.classes import load_split
 from scalekd.data.loader import keep_labelled
 from scalekd.models import FrozenTeacher, data_config
@@ -191,7 +192,7 @@ def cached_features(recipe: Recipe, teacher: FrozenTeacher, which: str,
                                                           "labels_per_class", "classes",
                                                           "num_samples")},
                       "split": split, "which": which, "images": len(images),
-                      "eval_transform": [recipe.aug.interpolation, recipe.aug.crop_pct]},
+                      "eval_transform": [eval_interpolation(recipe), recipe.aug.crop_pct]},
                      sort_keys=True, default=str)
     file = recipe.run.path / "features" / f"{which}.safetensors"
     if file.is_file():

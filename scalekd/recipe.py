@@ -96,6 +96,8 @@ class AugCfg:
     mixup: float = 0.0
     cutmix: float = 0.0
     smoothing: float = 0.0  # label smoothing of the hard-label target
+    # the resize of training crops: a timm name, or random (bilinear or bicubic per crop);
+    # evaluation uses it too, or for random the student's own (scalekd.data.loader)
     interpolation: str = "bicubic"
     crop_pct: float = 0.875  # evaluation centre crop
 
@@ -137,16 +139,30 @@ class DistillCfg:
     temperature: float = 1.0  # T of kd, bkd, bkl, dkd; tau of dist
     hard_loss: str = "bce"  # ce | bce | none
     bce_target_thresh: Optional[float] = None
+    # every binary cross-entropy over classes (the bce label loss, bkd/bkl): mean (over batch x
+    # classes: timm's BinaryCrossEntropy and VanillaKD's released BinaryKLDiv) | sum_classes
+    # (summed over classes, averaged over the batch: mmcls's CrossEntropyLoss(use_sigmoid=True)
+    # with avg_factor=batch, ScaleKD's label loss; VanillaKD's eq. 3). On ImageNet the two
+    # differ by 1000x, which moves the term's weight against the others as much
+    bce_reduction: str = "mean"
     weights: dict[str, float] = field(default_factory=dict)  # per loss term; method defaults
-    dkd_warmup_epochs: float = 0.0  # dkd: ramp its TCKD/NCKD weights linearly from 0 over this
-    #                                 many epochs; 0: off (mdistiller's ImageNet setting)
+    # dkd: ramp its TCKD/NCKD weights by min(e / this, 1) in the e-th epoch (1-based, per
+    # epoch, as mdistiller); 0: off (VanillaKD's; mdistiller's ImageNet setting of 1 is no ramp)
+    dkd_warmup_epochs: float = 0.0
     # scalekd: feature mimicking weight w, split beta*w spatial / (1-beta)*w frequency view
     # (w=0.14, beta=4/7: the authors' 0.08 / 0.06); beta=1 drops the frequency view
     dfm_weight: float = 0.14
     dfm_beta: float = 4 / 7
     tpp: bool = True  # scalekd: teacher parameter perception (the proxy path)
+    # scalekd: the proxy path's depth in teacher blocks: an isotropic teacher's last N blocks
+    # (the authors: 2 of EVA-L's 24); a hierarchical teacher's proxy is its last stage (Swin-L:
+    # 2 blocks), N must be that stage's count; 0: the last stage, or the last quarter of blocks
+    tpp_blocks: int = 0
     cap_heads: tuple[int, int] = (0, 0)  # scalekd: CAP heads at stage 3, 4; 0: authors' values
     cap_softmax_scale: float = 5.0  # scalekd: extra factor on the attention logits
+    # scalekd: the norm after CAP's 3x3 conv: auto (the authors': layernorm for Swin students,
+    # batchnorm for every other) | batchnorm | layernorm
+    cap_norm: str = "auto"
 
 
 @dataclass
@@ -368,9 +384,14 @@ def _student_problems(recipe: Recipe, world_size: int) -> list[str]:
             )
             continue
         try:
-            validate(student_recipes(recipe)[name], world_size)
+            own = student_recipes(recipe)[name]
+            validate(own, world_size)
         except RecipeError as err:
             problems += [f"{label}: {p}" for p in err.problems]
+            continue
+        if own.distill.tpp_blocks != recipe.distill.tpp_blocks:
+            problems.append(f"{label}: the students share the teacher's proxy path; keep the "
+                            f"recipe's distill.tpp_blocks={recipe.distill.tpp_blocks}")
     if recipe.students and resolved_zero_stage(recipe) > 0:
         problems.append("several students need DDP (dist.zero_stage=0): accelerate drives one "
                         "DeepSpeed engine per run")
@@ -380,6 +401,7 @@ def _student_problems(recipe: Recipe, world_size: int) -> list[str]:
 def validate(recipe: Recipe, world_size: int = 1) -> None:
     """Check the recipe before any compute; raise one RecipeError listing every problem."""
     import timm
+    from timm.data.transforms import str_to_interp_mode
 
     from scalekd.data import SOURCES
     from scalekd.data.classes import check_classes
@@ -489,7 +511,11 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         (r.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
         (r.distill.temperature > 0, f"distill.temperature={r.distill.temperature} must be > 0"),
         (r.distill.hard_loss in ("ce", "bce", "none"), "distill.hard_loss must be ce, bce or none"),
+        (r.distill.bce_reduction in ("mean", "sum_classes"),
+         f"distill.bce_reduction={r.distill.bce_reduction!r} must be mean or sum_classes"),
         (r.distill.dkd_warmup_epochs >= 0, "distill.dkd_warmup_epochs must be >= 0"),
+        (r.distill.tpp_blocks >= 0, "distill.tpp_blocks must be >= 0 (0: the teacher's last "
+         "stage, or quarter of its blocks)"),
         (r.teacher.dtype in ("bf16", "fp32"), "teacher.dtype must be bf16 or fp32"),
         (r.teacher.placement in ("replicated", "zero3"),
          "teacher.placement must be replicated or zero3"),
@@ -515,6 +541,12 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
          "run.time_budget_s and run.steps_per_job must be >= 0 (0: off)"),
     ]
     problems += [msg for ok, msg in checks if not ok]
+    try:
+        if r.aug.interpolation != "random":  # random: bilinear or bicubic per training crop
+            str_to_interp_mode(r.aug.interpolation)
+    except KeyError:
+        problems.append(f"aug.interpolation={r.aug.interpolation!r} is not an interpolation; "
+                        "choose bicubic, bilinear, nearest, box, hamming, lanczos or random")
 
     problems += _student_problems(r, world_size)
     stage = resolved_zero_stage(r)

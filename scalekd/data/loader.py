@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+import timm
 import torch
 from timm.data import Mixup, create_transform
 from torch.utils.data import DataLoader, Dataset
@@ -146,7 +147,7 @@ def build_eval_loader(recipe: Recipe, images: LabelledImages, mean, std, rank: i
         return EvalBatches(recipe, images, mean, std, rank, world_size, batch,
                            input_size or d.input_size, device)
     transform = create_transform(input_size or d.input_size, is_training=False,
-                                 interpolation=recipe.aug.interpolation, mean=mean, std=std,
+                                 interpolation=eval_interpolation(recipe), mean=mean, std=std,
                                  crop_pct=recipe.aug.crop_pct)
     per_rank = -(-len(images) // world_size)
     indices = list(range(rank, len(images), world_size))
@@ -155,6 +156,16 @@ def build_eval_loader(recipe: Recipe, images: LabelledImages, mean, std, rank: i
                       num_workers=d.workers, shuffle=False,
                       generator=loader_generator(recipe.run.seed),
                       worker_init_fn=leave_signals_to_trainer)
+
+
+def eval_interpolation(recipe: Recipe) -> str:
+    """Evaluation resizes with one fixed interpolation: aug.interpolation, or, where that is
+    'random' (a draw per training crop, timm train.py's default), the student's own (its timm
+    pretrained_cfg's; bicubic without one), as timm's train.py evaluates."""
+    if recipe.aug.interpolation != "random":
+        return recipe.aug.interpolation
+    cfg = timm.models.get_pretrained_cfg(recipe.student.name.split("hf-hub:")[-1])
+    return (cfg.interpolation if cfg is not None and cfg.interpolation else None) or "bicubic"
 
 
 class _Padded(Dataset):

@@ -30,7 +30,6 @@ class FeatureShapes:
     student: list[tuple[int, int, int]]  # the student's stage-3 and stage-4 taps
     teacher: dict[str, tuple[int, int, int]]  # "final", "split" (TeacherOutput.features)
     student_class: str = ""  # the timm class (ResNet, ConvNeXt, ...): per-family defaults
-    student_batch_norm: bool = True  # whether the student normalises with BatchNorm
 
 
 class Distiller(nn.Module):
@@ -48,7 +47,8 @@ class Distiller(nn.Module):
     def __init__(self, recipe: Recipe, num_classes: int):
         super().__init__()
         self.hard_label = HardLabelLoss(recipe.distill.hard_loss, recipe.aug.smoothing,
-                                        recipe.distill.bce_target_thresh)
+                                        recipe.distill.bce_target_thresh,
+                                        recipe.distill.bce_reduction == "sum_classes")
         self.weights = {**self.loss_terms, **recipe.distill.weights}
         self.temperature = recipe.distill.temperature  # of the softened terms (DIST's tau)
 
@@ -86,17 +86,26 @@ def create_distiller(recipe: Recipe, num_classes: int,
 class HardLabelLoss(nn.Module):
     """CE or BCE against the labels (timm's losses), or the soft targets Mixup/CutMix make.
 
+    CE is one value per image (summed over classes), averaged over the batch, with label
+    smoothing eps as the target (1 - eps) one-hot + eps / C (timm's and mmcls's 'original'
+    mode alike). BCE is one value per image and class: `sum_classes` sums them per image
+    before the batch mean (mmcls's CrossEntropyLoss(use_sigmoid=True), ScaleKD's), else the
+    mean over both (timm's default, VanillaKD's).
+
     Integer targets of -1 mark unlabelled images: they add nothing to this term, which stays a
     mean over the whole batch (each labelled image weighs the same whatever its batch holds,
     and per-process batches average to the global batch's value).
     """
 
-    def __init__(self, kind: str, smoothing: float, bce_target_thresh: Optional[float]):
+    def __init__(self, kind: str, smoothing: float, bce_target_thresh: Optional[float],
+                 sum_classes: bool = False):
         super().__init__()
         self.kind = kind
         if kind == "bce":
-            self.hard = BinaryCrossEntropy(smoothing=smoothing, target_threshold=bce_target_thresh)
-            self.soft = BinaryCrossEntropy(smoothing=0.0, target_threshold=bce_target_thresh)
+            self.hard = BinaryCrossEntropy(smoothing=smoothing, target_threshold=bce_target_thresh,
+                                           sum_classes=sum_classes)
+            self.soft = BinaryCrossEntropy(smoothing=0.0, target_threshold=bce_target_thresh,
+                                           sum_classes=sum_classes)
         else:
             self.hard = (LabelSmoothingCrossEntropy(smoothing) if smoothing
                          else nn.CrossEntropyLoss())

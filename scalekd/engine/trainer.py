@@ -111,8 +111,7 @@ def build_student(recipe: Recipe, num_classes: int, steps_per_epoch: int,
         if DISTILLERS[recipe.distill.method].needs_features:
             shapes = FeatureShapes(
                 StudentTaps(student).shapes(student, recipe.data.input_size), teacher_shapes,
-                type(student).__name__,
-                any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules()))
+                type(student).__name__)
         distiller = create_distiller(recipe, num_classes, shapes)
         model = DistillationModel(student, distiller)
     o = recipe.optim
@@ -180,7 +179,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         if any(m.needs_features for m in methods):
             teacher_shapes = teacher.enable_features(
                 any(r.distill.tpp for r, m in zip(specs.values(), methods) if m.needs_features),
-                accelerator.device)
+                accelerator.device, recipe.distill.tpp_blocks)
         if recipe.teacher.placement == "zero3":
             shard_teacher(teacher, recipe)
     built = [build_student(r, data.num_classes, data.steps_per_epoch, teacher_shapes)

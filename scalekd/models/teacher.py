@@ -87,10 +87,12 @@ class FrozenTeacher(nn.Module):
                     return path(fmap)
         return TeacherOutput(logits.float(), features, proxy)
 
-    def enable_features(self, with_proxy: bool, device: torch.device) -> dict[str, tuple]:
+    def enable_features(self, with_proxy: bool, device: torch.device,
+                        proxy_blocks: int = 0) -> dict[str, tuple]:
         """Return final (and split) feature maps from now on, and with `with_proxy` the proxy
-        path; checks the proxy on a noise image first. Returns the maps' (C, H, W)."""
-        self.stages, self.with_proxy = TeacherStages(self.model), with_proxy
+        path over the teacher's last `proxy_blocks` blocks (0: its last stage or quarter);
+        checks the proxy on a noise image first. Returns the maps' (C, H, W)."""
+        self.stages, self.with_proxy = TeacherStages(self.model, proxy_blocks), with_proxy
         size = self.input_size or 224
         # noise, not a blank image (whose patches would all look alike); its own generator, so
         # that the global RNG the run is seeded with is not drawn from

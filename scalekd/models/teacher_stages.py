@@ -4,8 +4,11 @@ ScaleKD's teacher parameter perception (TPP) runs a projected student map throug
 own remaining stages. Where they start is read from the model's structure, never from indices:
 - hierarchical teachers (Swin, ConvNeXt, ResNet): the last stage of timm's feature_info, with
   the down-sampling it opens with; the split point is the output of the stage before it;
-- isotropic teachers (ViT, DeiT, BEiT, DINOv2 with or without registers, EVA): the last quarter
-  of the blocks, the part a hierarchical model's last stage would hold.
+- isotropic teachers (ViT, DeiT, BEiT, DINOv2 with or without registers, EVA): the last
+  `proxy_blocks` blocks (`distill.tpp_blocks`; the authors ran the last 2 of EVA-L's 24, as
+  many as Swin-L's last stage holds), or by default (0) the last quarter, the part a
+  hierarchical model's last stage would hold. A hierarchical teacher's proxy is its whole last
+  stage: a `proxy_blocks` other than that stage's block count is refused.
 After the remaining stages comes the final norm timm applies in `forward_features` (`norm` or
 `norm_pre`; none on ResNets). The proxy replays each remaining module with the arguments the
 teacher's own pass gave it (BEiT's relative position bias, EVA's rotary embedding, attention
@@ -34,14 +37,20 @@ class TeacherStages:
     encoder also runs its final norm on earlier blocks' tokens, but each right after its block
     (timm's forward_intermediates), so the norm's last call is on the last block's."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, proxy_blocks: int = 0):
         name, body = tapped_model(model)
         prefix = f"{name}." if name else ""  # module names are the whole teacher's
         entries = feature_entries(body)
         depth = len(entries)
-        split = depth - max(depth // 4, 1) - 1 if is_isotropic(entries) else depth - 2
+        if is_isotropic(entries):
+            split = depth - (proxy_blocks or max(depth // 4, 1)) - 1
+        else:
+            split = depth - 2
+            _check_last_stage(body, entries[-1]["module"], proxy_blocks)
         if split < 0:
-            raise ValueError(f"{type(body).__name__} has a single stage: nothing to split")
+            raise ValueError(f"{type(body).__name__} has {depth} stages or blocks: too few for a "
+                             f"proxy path of {proxy_blocks or 'its last quarter'} "
+                             "(distill.tpp_blocks)")
         self.split, self.last = entries[split], entries[-1]
         self.split_name = prefix + self.split["module"]
         self.remaining = [(prefix + child, module) for child, module in
@@ -94,6 +103,16 @@ class TeacherStages:
                 f"{[n for n, _ in self.remaining]} (+ final norm {self.norm_name}) on its own "
                 f"'{self.split_name}' output does not reproduce its final features, so the "
                 "proxy path (TPP) would be wrong for it. Set distill.tpp=false for this teacher")
+
+
+def _check_last_stage(model: nn.Module, name: str, proxy_blocks: int) -> None:
+    stage = model.get_submodule(name)
+    blocks = len(getattr(stage, "blocks", stage))  # Swin, ConvNeXt: .blocks; ResNet: the stage
+    if proxy_blocks and proxy_blocks != blocks:
+        raise ValueError(
+            f"distill.tpp_blocks={proxy_blocks}: the proxy path of a hierarchical teacher "
+            f"({type(model).__name__}) is its whole last stage '{name}', of {blocks} blocks; "
+            f"set distill.tpp_blocks={blocks} or 0")
 
 
 def _siblings_between(model: nn.Module, first: str, last: str) -> list[tuple[str, nn.Module]]:
