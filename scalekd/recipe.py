@@ -33,13 +33,20 @@ class RunCfg:
     dir: str = "runs/{name}"  # `{name}` is replaced by run.name
     seed: int = 0
     epochs: int = 100
-    precision: str = "no"  # student mixed precision: no | bf16 | fp16
+    # student mixed precision: auto (the launcher's: `accelerate launch --mixed_precision` or
+    # its config file's mixed_precision; no without a launcher) | no | bf16 | fp16
+    precision: str = "auto"
     log_every: int = 10  # steps between TensorBoard scalar writes
     max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs); for smoke runs
     # end this job early, checkpointed, to be resumed by the next one (0: off): before this many
     # seconds of wall clock (a scheduler's time limit), or after this many steps (job chains)
     time_budget_s: float = 0.0
     steps_per_job: int = 0
+    # a non-finite loss term: stop (an error naming the step and term; nothing non-finite is
+    # saved) | skip (that optimiser step is not applied; more than max_skipped_steps in a job
+    # stop the run). skip reads one boolean from the device per step (engine/divergence.py)
+    on_nonfinite: str = "stop"
+    max_skipped_steps: int = 10
 
     @property
     def path(self) -> Path:
@@ -109,6 +116,8 @@ class StudentCfg:
     checkpoint: str = ""  # initial weights from a file (safetensors or torch)
     drop_path: float = 0.0
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
+    channels_last: bool = False  # NHWC weights and inputs (faster convolutions: CNN students)
+    compile: bool = False  # torch.compile the student's forward with the distiller's loss terms
 
 
 @dataclass
@@ -189,9 +198,12 @@ class EmaCfg:
 @dataclass
 class CheckpointCfg:
     every_steps: int = 0  # 0: only at epoch ends
-    every_epochs: int = 1
+    every_epochs: int = 1  # 0: none at epoch ends (every_steps, a stop and the end still save)
     keep: int = 3
-    resume: str = "auto"  # auto: latest complete checkpoint of run.dir | never | a checkpoint folder
+    # auto: the newest intact checkpoint of run.dir (checkpoints but none intact: refused) |
+    # never (refused in a used run.dir) | overwrite (delete a previous run's outputs, then
+    # start) | a checkpoint folder (verified likewise)
+    resume: str = "auto"
     on_error: str = "stop"  # a checkpoint that cannot be written (disk full): stop | continue
 
 
@@ -202,7 +214,7 @@ class DistCfg:
 
 @dataclass
 class EvalCfg:
-    every_epochs: int = 1
+    every_epochs: int = 1  # 0: only the final evaluation
     teacher: bool = True  # evaluate the teacher once at the start
 
 
@@ -506,7 +518,12 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
 
     checks = [
         (r.run.epochs > 0, "run.epochs must be positive"),
-        (r.run.precision in ("no", "bf16", "fp16"), "run.precision must be no, bf16 or fp16"),
+        (r.run.precision in ("auto", *PRECISIONS),
+         f"run.precision={r.run.precision!r} must be auto (the launcher's), no, bf16 or fp16"),
+        (r.run.precision != "auto" or resolved_precision(r) in PRECISIONS,
+         f"the launcher's mixed precision {resolved_precision(r)!r} (ACCELERATE_MIXED_PRECISION)"
+         " is not supported: launch with --mixed_precision no, bf16 or fp16, or set "
+         "run.precision"),
         (r.optim.lr > 0, f"optim.lr={r.optim.lr} must be positive"),
         (r.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
         (r.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
@@ -534,12 +551,17 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         (r.data.augment_workers >= -1, "data.augment_workers must be -1 (data.workers), 0 (the "
          "main process) or a process count"),
         (r.data.input_size >= 8, f"data.input_size={r.data.input_size} is too small"),
-        (r.checkpoint.resume in ("auto", "never") or Path(r.checkpoint.resume).is_dir(),
-         f"checkpoint.resume={r.checkpoint.resume!r} must be auto, never or a checkpoint folder"),
+        (r.checkpoint.resume in ("auto", "never", "overwrite")
+         or Path(r.checkpoint.resume).is_dir(),
+         f"checkpoint.resume={r.checkpoint.resume!r} must be auto, never, overwrite or a "
+         "checkpoint folder"),
         (r.checkpoint.on_error in ("stop", "continue"),
          "checkpoint.on_error must be stop or continue"),
         (r.run.time_budget_s >= 0 and r.run.steps_per_job >= 0,
          "run.time_budget_s and run.steps_per_job must be >= 0 (0: off)"),
+        (r.run.on_nonfinite in ("stop", "skip"),
+         f"run.on_nonfinite={r.run.on_nonfinite!r} must be stop or skip"),
+        (r.run.max_skipped_steps >= 0, "run.max_skipped_steps must be >= 0"),
     ]
     problems += [msg for ok, msg in checks if not ok]
     try:
@@ -549,6 +571,7 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         problems.append(f"aug.interpolation={r.aug.interpolation!r} is not an interpolation; "
                         "choose bicubic, bilinear, nearest, box, hamming, lanczos or random")
 
+    problems += _value_problems(r)
     problems += _student_problems(r, world_size)
     stage = resolved_zero_stage(r)
     if stage > 0 and r.optim.name.lower() in _LAYERWISE_OPTIMIZERS:
@@ -557,6 +580,17 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
             f"ZeRO-{stage} hands the optimiser flattened partitions, which silently changes the "
             "method: use dist.zero_stage=0 (DDP) or an element-wise optimiser such as adamw"
         )
+    if stage > 0 and r.student.channels_last:
+        problems.append(
+            f"student.channels_last=true under ZeRO-{stage}: DeepSpeed broadcasts and flattens "
+            "the student's weights through contiguous views, which NHWC weights are not (its "
+            "engine fails at start-up); use dist.zero_stage=0 (DDP) or student.channels_last=false"
+        )
+    if stage > 0 and r.run.on_nonfinite == "skip":
+        problems.append(
+            "run.on_nonfinite=skip: under DeepSpeed (ZeRO) the engine applies the update "
+            "inside backward, before the loss could be checked; use run.on_nonfinite=stop "
+            "or dist.zero_stage=0 (DDP)")
     if stage == 3 and r.ema.decay > 0:
         problems.append(
             "ema.decay>0 with ZeRO-3: the EMA would need the full student gathered every step; "
@@ -564,6 +598,55 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         )
     if problems:
         raise RecipeError(problems)
+
+
+def _value_problems(r: Recipe) -> list[str]:
+    """Values out of range for fields that the checks above do not cover (each would be a
+    traceback, or silently wrong, later); the data loader's, the optimiser's and the methods'
+    own settings are checked where those are built."""
+    from scalekd.data.loader import train_data_problems
+    from scalekd.engine.trainer import optimisation_problems
+
+    try:
+        r.run.path
+        run_dir_ok = bool(r.run.name) and bool(r.run.dir)
+    except (KeyError, IndexError, ValueError):
+        run_dir_ok = False
+    weights = r.distill.weights.values()
+    checks = [
+        (run_dir_ok, f"run.dir={r.run.dir!r} with run.name={r.run.name!r}: both must be "
+         "non-empty, and run.dir may hold only the placeholder {name}"),
+        (0 <= r.run.seed < 2**32, f"run.seed={r.run.seed} must be in [0, 2**32)"),
+        (r.run.log_every >= 1, f"run.log_every={r.run.log_every} must be >= 1 (steps between "
+         "TensorBoard writes)"),
+        (r.run.max_steps >= 0, f"run.max_steps={r.run.max_steps} must be >= 0 (0: all epochs)"),
+        (r.checkpoint.every_steps >= 0, f"checkpoint.every_steps={r.checkpoint.every_steps} "
+         "must be >= 0 (0: only at epoch ends)"),
+        (r.checkpoint.every_epochs >= 0, f"checkpoint.every_epochs="
+         f"{r.checkpoint.every_epochs} must be >= 0 (0: none at epoch ends)"),
+        (r.eval.every_epochs >= 0, f"eval.every_epochs={r.eval.every_epochs} must be >= 0 "
+         "(0: only the final evaluation)"),
+        (0 <= r.student.drop_path < 1, f"student.drop_path={r.student.drop_path} must be in "
+         "[0, 1)"),
+        (r.teacher.input_size == 0 or r.teacher.input_size >= 8,
+         f"teacher.input_size={r.teacher.input_size} must be 0 (the student's) or >= 8"),
+        (all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
+             for w in weights), f"distill.weights={r.distill.weights}: each must be a number "
+         ">= 0"),
+        (r.distill.bce_target_thresh is None or 0 <= r.distill.bce_target_thresh <= 1,
+         f"distill.bce_target_thresh={r.distill.bce_target_thresh} must be None or in [0, 1]"),
+        (r.optim.warmup_lr >= 0 and r.optim.min_lr >= 0,
+         "optim.warmup_lr and optim.min_lr must be >= 0"),
+        (r.optim.clip_grad >= 0, f"optim.clip_grad={r.optim.clip_grad} must be >= 0 (0: off)"),
+        (0 <= r.optim.momentum < 1, f"optim.momentum={r.optim.momentum} must be in [0, 1)"),
+        (r.optim.decay_epochs > 0 and 0 < r.optim.decay_rate <= 1,
+         "optim.decay_epochs must be > 0 and optim.decay_rate in (0, 1]"),
+    ]
+    problems = [msg for ok, msg in checks if not ok]
+    problems += train_data_problems(r)
+    if r.optim.lr > 0 and r.run.epochs > 0:  # reported above otherwise
+        problems += optimisation_problems(r)
+    return problems
 
 
 def _mixed_problems(r: Recipe, method, per_step: int) -> list[str]:
@@ -622,6 +705,25 @@ def grad_accum_steps(recipe: Recipe, world_size: int) -> int:
         if d.batch_size % per_step == 0 and d.batch_size // per_step <= d.device_batch:
             return accum
     return 0
+
+
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+def launcher_precision() -> Optional[str]:
+    """The mixed precision `accelerate launch` configured (its --mixed_precision, else its config
+    file's mixed_precision; it hands either over as ACCELERATE_MIXED_PRECISION, which a user may
+    also set by hand), or None without one."""
+    value = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    return value.lower() if value else None
+
+
+def resolved_precision(recipe: Recipe) -> str:
+    """The student's mixed precision in force: run.precision if set, else the launcher's, else
+    no."""
+    if recipe.run.precision != "auto":
+        return recipe.run.precision
+    return launcher_precision() or "no"
 
 
 def resolved_zero_stage(recipe: Recipe) -> int:

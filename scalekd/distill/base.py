@@ -7,7 +7,8 @@ from typing import Callable, ClassVar, Optional
 
 import torch
 import torch.nn as nn
-from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+import torch.nn.functional as F
+from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
 
 from scalekd.models.teacher import TeacherOutput
 from scalekd.recipe import Recipe
@@ -84,7 +85,8 @@ def create_distiller(recipe: Recipe, num_classes: int,
 
 
 class HardLabelLoss(nn.Module):
-    """CE or BCE against the labels (timm's losses), or the soft targets Mixup/CutMix make.
+    """CE or BCE against the labels (torch's label-smoothed CE, timm's BCE), or the soft targets
+    Mixup/CutMix make (timm's losses).
 
     CE is one value per image (summed over classes), averaged over the batch, with label
     smoothing eps as the target (1 - eps) one-hot + eps / C (timm's and mmcls's 'original'
@@ -94,29 +96,32 @@ class HardLabelLoss(nn.Module):
 
     Integer targets of -1 mark unlabelled images: they add nothing to this term, which stays a
     mean over the whole batch (each labelled image weighs the same whatever its batch holds,
-    and per-process batches average to the global batch's value).
+    and per-process batches average to the global batch's value). They are masked, not
+    dropped: dropping them would need the host to learn from the device how many there are,
+    a synchronisation every step.
     """
 
     def __init__(self, kind: str, smoothing: float, bce_target_thresh: Optional[float],
                  sum_classes: bool = False):
         super().__init__()
-        self.kind = kind
+        self.kind, self.smoothing, self.sum_classes = kind, smoothing, sum_classes
         if kind == "bce":
             self.hard = BinaryCrossEntropy(smoothing=smoothing, target_threshold=bce_target_thresh,
-                                           sum_classes=sum_classes)
+                                           reduction="none")
             self.soft = BinaryCrossEntropy(smoothing=0.0, target_threshold=bce_target_thresh,
                                            sum_classes=sum_classes)
         else:
-            self.hard = (LabelSmoothingCrossEntropy(smoothing) if smoothing
-                         else nn.CrossEntropyLoss())
             self.soft = SoftTargetCrossEntropy()
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if targets.ndim == 2:  # soft targets from Mixup/CutMix, smoothing already applied
             return self.soft(logits, targets)
         labelled = targets >= 0
-        if labelled.all():
-            return self.hard(logits, targets)
-        if not labelled.any():
-            return logits.sum() * 0.0
-        return self.hard(logits[labelled], targets[labelled]) * labelled.float().mean()
+        targets = targets.clamp_min(0)
+        if self.kind == "bce":
+            per_class = self.hard(logits, targets)
+            per_image = per_class.sum(-1) if self.sum_classes else per_class.mean(-1)
+        else:
+            per_image = F.cross_entropy(logits, targets, label_smoothing=self.smoothing,
+                                        reduction="none")
+        return (per_image * labelled).sum() / len(targets)

@@ -40,12 +40,17 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target:
              temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (TCKD, NCKD), each T^2 * KL(teacher || student), shape (batch,)."""
 
+    # each row's columns but the target's, in order: the target column removed exactly (a
+    # gather, not a boolean mask, whose size the host would have to wait for)
+    columns = torch.arange(student_logits.shape[-1] - 1, device=target.device)
+    not_target = columns + (columns >= target[:, None])
+
     def split(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = logits.float() / temperature
-        is_target = F.one_hot(target, z.shape[-1]).bool()
-        others = z[~is_target].view(len(z), -1)  # the target column removed: exact, no masking
+        others = z.gather(1, not_target)
         # log of (p_target, 1 - p_target), from logits so a near-certain class cannot underflow
-        binary = torch.stack([z[is_target], others.logsumexp(-1)], -1).log_softmax(-1)
+        binary = torch.stack([z.gather(1, target[:, None])[:, 0], others.logsumexp(-1)],
+                             -1).log_softmax(-1)
         return binary, others.log_softmax(-1)
 
     (binary_s, others_s), (binary_t, others_t) = split(student_logits), split(teacher_logits)

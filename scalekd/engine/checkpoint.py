@@ -105,8 +105,8 @@ class Checkpoints:
             raise DamagedCheckpoint(
                 f"no intact checkpoint in {self.folder}, so nothing to resume from:\n  "
                 + "\n  ".join(skipped) + "\nRestore a checkpoint, pass one with "
-                "checkpoint.resume=FOLDER, or start from scratch with checkpoint.resume=never "
-                "(or move the checkpoints folder away)")
+                "checkpoint.resume=FOLDER, or start from scratch with checkpoint.resume=overwrite "
+                "(which deletes them)")
         return None
 
     @staticmethod
@@ -133,6 +133,7 @@ class Checkpoints:
         failure = None
         try:
             if accelerator.is_main_process:
+                self._check_room()
                 tmp.mkdir(parents=True, exist_ok=True)
         except WRITE_ERRORS as err:
             failure = err
@@ -158,20 +159,34 @@ class Checkpoints:
             if accelerator.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
             previous = self.complete()
+            intact = (f"the last complete checkpoint, {previous[-1]}, is intact" if previous
+                      else "there is no earlier checkpoint")
             raise CheckpointWriteError(
                 f"could not write the checkpoint of step {step} in {self.folder} "
                 f"({_cause(failure)}; {_free(self.folder)}); the half-written folder is removed "
-                "and the last complete "
-                f"checkpoint, {previous[-1] if previous else 'none'}, is intact. Free space or "
-                "point run.dir elsewhere; checkpoint.on_error=continue keeps training") from failure
+                f"and {intact}. Free space or point run.dir elsewhere; "
+                "checkpoint.on_error=continue keeps training") from failure
         if accelerator.is_main_process:
             if final.exists():  # a re-save of the same step (resume right after a save)
-                shutil.rmtree(final)
+                _remove(final)
             os.rename(tmp, final)
             for old in self.complete()[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)
         accelerator.wait_for_everyone()
         return final
+
+    def _check_room(self) -> None:
+        """OSError(ENOSPC) if the filesystem has less room than the last checkpoint took: found
+        before anything is written, so that every rank stops together (a rank failing inside
+        DeepSpeed's save while the others wait in its barriers would hang the run)."""
+        last = self.complete()[-1:]
+        if not last:
+            return
+        needed = sum(p.stat().st_size for p in last[0].rglob("*")
+                     if p.is_file() and UNIVERSAL not in p.relative_to(last[0]).parts)
+        free = shutil.disk_usage(self.folder).free
+        if free < needed:
+            raise OSError(errno.ENOSPC, f"the last checkpoint took {needed / 2**20:.1f} MiB")
 
     @staticmethod
     def load(accelerator: Accelerator, path: Path, emas: dict[str, torch.nn.Module]) -> int:
@@ -207,7 +222,7 @@ class Checkpoints:
                 f"could not load checkpoint {path} ({_cause(err)}). Its {MARKER} marker has no "
                 "checksums (written by an older scalekd), so damage could not be found before "
                 "loading. Resume from another checkpoint with checkpoint.resume=FOLDER, or start "
-                "from scratch with checkpoint.resume=never") from err
+                "from scratch with checkpoint.resume=overwrite") from err
         for optimizer, saved in zip(accelerator._optimizers, groups):
             for group, own in zip(_innermost(optimizer), saved):
                 group.update(own)
@@ -320,7 +335,8 @@ def _shared_manifest(folder: Path, accelerator: Accelerator) -> dict:
     mine = listing[0][accelerator.process_index::accelerator.num_processes]
     parts = [None] * accelerator.num_processes
     dist.all_gather_object(parts, _manifest(folder, mine)["files"])
-    return {"checksum": CHECKSUM, "files": {k: v for part in parts for k, v in part.items()}}
+    return {"checksum": CHECKSUM,
+            "files": dict(sorted((k, v) for part in parts for k, v in part.items()))}
 
 
 def file_checksum(path: Path) -> str:
@@ -413,7 +429,7 @@ def _trainer_state(path: Path) -> dict:
         raise DamagedCheckpoint(
             f"checkpoint {path} has an unreadable trainer_state.json ({_cause(err)}). Resume "
             "from another checkpoint with checkpoint.resume=FOLDER, or start from scratch "
-            "with checkpoint.resume=never") from err
+            "with checkpoint.resume=overwrite") from err
 
 
 def write_run_file(path: Path, write: Callable[[Path], None], intact: str = "") -> None:
@@ -446,9 +462,19 @@ def _cause(err: Optional[BaseException]) -> str:
     if err is None:
         return "another process failed"
     if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
-        return "no space left on device"
+        detail = err.strerror if err.strerror != os.strerror(err.errno) else ""
+        return "no space left on device" + (f": {detail}" if detail else "")
     first = str(err).strip().splitlines()[0] if str(err).strip() else ""
     return f"{type(err).__name__}: {first}"
+
+
+def _remove(checkpoint: Path) -> None:
+    """Delete a checkpoint folder, renamed out of sight first: a kill during the (long) delete
+    leaves a .tmp- folder, which the next start removes (remove_partial), never a half-deleted
+    checkpoint."""
+    aside = checkpoint.with_name(f".tmp-removed-{checkpoint.name}")
+    os.rename(checkpoint, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _any_rank(flag: bool, accelerator: Accelerator) -> bool:

@@ -11,7 +11,8 @@ from accelerate.utils import InitProcessGroupKwargs
 
 from scalekd.data.loader import per_process_batch
 from scalekd.models.teacher import FrozenTeacher
-from scalekd.recipe import Recipe, grad_accum_steps, resolved_zero_stage
+from scalekd.recipe import (Recipe, grad_accum_steps, launcher_precision, resolved_precision,
+                            resolved_zero_stage)
 
 
 def launched_world_size() -> int:
@@ -41,11 +42,24 @@ def build_accelerator(recipe: Recipe, load_universal: bool = False) -> Accelerat
         # without cpu=True accelerate sees no GPU and silently runs each CPU process alone
         # (no DDP, no reductions); with it, DeepSpeed would be ignored, hence stage == 0
         cpu=on_cpu and stage == 0,
-        mixed_precision=recipe.run.precision,
+        mixed_precision=resolved_precision(recipe),
         gradient_accumulation_steps=grad_accum_steps(recipe, launched_world_size()),
         deepspeed_plugin=plugin,
         kwargs_handlers=handlers,
     )
+
+
+def precision_note(recipe: Recipe) -> str:
+    """Where the student's mixed precision comes from, said when the run starts; a recipe's
+    explicit run.precision beats the launcher's, and says so."""
+    precision, launcher = resolved_precision(recipe), launcher_precision()
+    if recipe.run.precision == "auto":
+        source = "the launcher's" if launcher else "no launcher setting"
+        return f"mixed precision: {precision} (run.precision=auto: {source})"
+    if launcher and launcher != precision:
+        return (f"mixed precision: {precision}: run.precision={precision} overrides the "
+                f"launcher's mixed_precision={launcher}")
+    return f"mixed precision: {precision} (run.precision)"
 
 
 def release_accelerate_state() -> None:
@@ -57,7 +71,7 @@ def release_accelerate_state() -> None:
 
 
 def deepspeed_config(recipe: Recipe, stage: int) -> dict:
-    world = launched_world_size()
+    world, precision = launched_world_size(), resolved_precision(recipe)
     return {
         "train_batch_size": recipe.data.batch_size,
         "train_micro_batch_size_per_gpu": per_process_batch(recipe, world),
@@ -68,8 +82,8 @@ def deepspeed_config(recipe: Recipe, stage: int) -> dict:
             # export gathers the full student from the shards
             "stage3_gather_16bit_weights_on_model_save": True,
         },
-        "bf16": {"enabled": recipe.run.precision == "bf16"},
-        "fp16": {"enabled": recipe.run.precision == "fp16"},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16"},
         # our optimisers come from timm; element-wise ones are exact under ZeRO (see validate)
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -38,9 +39,11 @@ class RunLog:
         self.print(f"warning: TensorBoard logging stopped, its folder cannot be written ({err}); "
                    "training goes on")
 
-    def advance(self, postfix: dict[str, str]) -> None:
+    def advance(self, postfix: Optional[dict[str, str]] = None) -> None:
+        """One step on the bar; `postfix` (if given) replaces the values shown beside it."""
         self.bar.update(1)
-        self.bar.set_postfix(postfix, refresh=False)
+        if postfix is not None:
+            self.bar.set_postfix(postfix, refresh=False)
 
     def print(self, text: str) -> None:
         if self.enabled:

@@ -28,11 +28,13 @@ from scalekd.data.classes import load_split
 from scalekd.distill import DISTILLERS, Distiller, FeatureShapes, create_distiller
 from scalekd.engine.checkpoint import (Checkpoints, CheckpointWriteError, RunWriteError,
                                        write_run_file)
-from scalekd.engine.distributed import (build_accelerator, launched_world_size,
+from scalekd.engine.distributed import (build_accelerator, launched_world_size, precision_note,
                                         release_accelerate_state, shard_teacher)
+from scalekd.engine.divergence import NonFiniteGuard
 from scalekd.engine.evaluate import evaluate
 from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog, memory_gb
+from scalekd.engine.run_folder import FINISHED, check_fresh_start, clear
 from scalekd.engine.stopping import StopRequests
 from scalekd.models import FrozenTeacher, create_student, create_teacher, data_config
 from scalekd.models.taps import StudentTaps
@@ -42,22 +44,22 @@ from scalekd.recipe import (Recipe, recipe_changes, resolved_zero_stage, student
 from scalekd.teacher_cache.labels import teacher_output as cached_teacher_output
 
 
-FINISHED = "FINISHED"  # marker file in the run folder once the whole schedule is done
-
-
 class DistillationModel(nn.Module):
     """What the optimiser trains and the engine wraps: the student and the distiller's own
     trainable parts (projectors). The teacher is deliberately not in here."""
 
-    def __init__(self, student: nn.Module, distiller: Distiller):
+    def __init__(self, student: nn.Module, distiller: Distiller, channels_last: bool = False):
         super().__init__()
         self.student, self.distiller = student, distiller
         self.taps = StudentTaps(student) if distiller.needs_features else None
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        student.to(memory_format=self.memory_format)
 
     def forward(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None,
                 teacher: Optional[TeacherOutput] = None):
         # a DeepSpeed bf16/fp16 engine holds the student in that dtype and does not autocast
-        images = images.to(next(self.student.parameters()).dtype)
+        images = images.to(next(self.student.parameters()).dtype,
+                           memory_format=self.memory_format)
         if targets is None:
             return self.student(images).float()
         if self.taps is None:
@@ -76,6 +78,7 @@ class TrainResult:
     steps: int = 0
     exports: dict[str, Path] = field(default_factory=dict)  # every student, by name
     finished: bool = True  # False: stopped early (signal, time budget, steps_per_job)
+    stop_requested: Optional[str] = None  # a signal received, even too late to stop this run
 
 
 @dataclass
@@ -113,7 +116,9 @@ def build_student(recipe: Recipe, num_classes: int, steps_per_epoch: int,
                 StudentTaps(student).shapes(student, recipe.data.input_size), teacher_shapes,
                 type(student).__name__)
         distiller = create_distiller(recipe, num_classes, shapes)
-        model = DistillationModel(student, distiller)
+        model = DistillationModel(student, distiller, recipe.student.channels_last)
+    if recipe.student.compile:  # in place, compiled on the first call: state_dict keys unchanged
+        model.compile()
     o = recipe.optim
     optimizer = create_optimizer_v2(model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
                                     momentum=o.momentum)
@@ -126,23 +131,46 @@ def build_student(recipe: Recipe, num_classes: int, steps_per_epoch: int,
     return model, optimizer, scheduler, distiller
 
 
+def optimisation_problems(recipe: Recipe) -> list[str]:
+    """timm's own checks of optim.* (names, hyperparameters), from building the optimiser and
+    the schedule of `build_student` for one parameter, before any model is built."""
+    o, one = recipe.optim, nn.Linear(1, 1)
+    try:
+        optimizer = create_optimizer_v2(one, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
+                                        momentum=o.momentum)
+    except Exception as err:  # timm and torch raise several kinds
+        return [f"optim.name={o.name!r} with optim.lr/momentum/weight_decay: {err}"]
+    try:
+        scheduler, _ = create_scheduler_v2(
+            optimizer, sched=o.sched, num_epochs=recipe.run.epochs,
+            warmup_epochs=o.warmup_epochs, warmup_lr=o.warmup_lr, min_lr=o.min_lr,
+            decay_epochs=o.decay_epochs, decay_rate=o.decay_rate, step_on_epochs=False,
+            updates_per_epoch=1)
+    except Exception as err:
+        return [f"optim.sched={o.sched!r}: {err}"]
+    return [] if scheduler is not None else [f"optim.sched={o.sched!r} is not a timm scheduler"]
+
+
 def train(recipe: Recipe) -> TrainResult:
     # SIGUSR1/SIGTERM are caught from the first line to the last: one arriving while the run
     # starts up stops it after its first step, one arriving during the final evaluation is moot
     with StopRequests(recipe.run.time_budget_s, recipe.run.steps_per_job) as stops:
         try:
-            return _train(recipe, stops)
+            result = _train(recipe, stops)
+            result.stop_requested = f"received {stops.received}" if stops.received else None
+            return result
         finally:  # so that a later train() in this process may pick another precision
             release_accelerate_state()
 
 
 def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     validate(recipe, launched_world_size())
+    check_fresh_start(recipe)
     run_dir = recipe.run.path
     checkpoints = Checkpoints(run_dir / "checkpoints", recipe.checkpoint.keep)
     # the newest intact checkpoint (checksums verified); none intact among several: refused
     resume_from = (checkpoints.latest() if recipe.checkpoint.resume == "auto"
-                   else None if recipe.checkpoint.resume == "never"
+                   else None if recipe.checkpoint.resume in ("never", "overwrite")
                    else Checkpoints.check(Path(recipe.checkpoint.resume)))
     # a DeepSpeed checkpoint of another process count loads through the universal format
     universal = resume_from is not None and Checkpoints.needs_universal(
@@ -152,6 +180,8 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     main = accelerator.is_main_process
     recipe_file, previous = run_dir / "recipe.json", None
     if main:  # only rank 0 reads and (atomically) rewrites it: no rank sees a half-written file
+        if recipe.checkpoint.resume == "overwrite":
+            clear(run_dir)
         previous = json.loads(recipe_file.read_text()) if recipe_file.is_file() else None
         write_run_file(recipe_file, _text(json.dumps(recipe.to_dict(), indent=2)))
         # the batch shell forwards the scheduler's signal here (slurm/train.sbatch)
@@ -185,7 +215,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     built = [build_student(r, data.num_classes, data.steps_per_epoch, teacher_shapes)
              for r in specs.values()]
     for model, *_ in built:
-        _check_cpu_bf16_batchnorm(model, recipe, accelerator)
+        _check_cpu_bf16_batchnorm(model, accelerator)
     n = len(built)
     prepared = accelerator.prepare(*[b[0] for b in built], *[b[1] for b in built])
     students = [Student(name, r, prepared[i], prepared[n + i], built[i][2], built[i][3])
@@ -207,6 +237,9 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         total_steps = min(total_steps, recipe.run.max_steps)
 
     log = RunLog(run_dir / "tb", total_steps, step, main)
+    log.print(precision_note(recipe))
+    nonfinite = NonFiniteGuard(recipe.run.on_nonfinite, recipe.run.max_skipped_steps, step,
+                               accelerator.device)
     if resume_from:
         log.print(f"resumed from {resume_from} at step {step}")
         changes = recipe_changes(previous, recipe.to_dict()) if previous else []
@@ -219,6 +252,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         log.print(f"teacher {recipe.teacher.name}: top-1 {teacher_metrics['top1']:.2f}")
 
     def run_eval() -> dict[str, float]:
+        nonfinite.check(accelerator, checkpoints.latest)
         out = {}
         for s in students:
             s.model.eval()
@@ -236,6 +270,9 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
 
     def save_checkpoint() -> None:
         nonlocal saved_step, save_s
+        nonfinite.check(accelerator, checkpoints.latest)  # never save non-finite weights
+        nonfinite.check_weights([s.model for s in students], step, accelerator,
+                                checkpoints.latest)
         t_save = time.perf_counter()
         try:
             checkpoints.save(accelerator, step, emas)
@@ -255,7 +292,8 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
             s.model.train()
         for images, targets, *soft in data.epoch(step // data.steps_per_epoch,
                                                  step % data.steps_per_epoch):
-            t_start = time.perf_counter()
+            # timings are marks in the device's stream, read at log steps: no wait here
+            teacher_span = [_mark(accelerator.device)]
             images = images.to(accelerator.device, non_blocking=True)
             targets = targets.to(accelerator.device, non_blocking=True)
             if data.mixup is not None:  # one mixed batch for teacher and students alike
@@ -264,33 +302,38 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
                 teacher_out = cached_teacher_output(soft[0])
             else:
                 teacher_out = teacher(images) if teacher is not None else None
-            t_teacher = _elapsed(t_start, accelerator.device)
+            teacher_span.append(_mark(accelerator.device))
             with accelerator.accumulate(*[s.model for s in students]):
                 for s in students:
-                    t_student = time.perf_counter()
+                    student_start = _mark(accelerator.device)
                     s.distiller.set_epoch(step / data.steps_per_epoch)  # for schedules
                     _, terms = s.model(images, targets, teacher_out)
                     loss = s.distiller.total(terms)
+                    nonfinite.observe(s.name, terms, loss)
                     accelerator.backward(loss)
                     clip = s.recipe.optim.clip_grad
                     if clip and accelerator.sync_gradients and not _is_deepspeed(accelerator):
                         accelerator.clip_grad_norm_(s.model.parameters(), clip)
-                    s.optimizer.step()
+                    skipped = nonfinite.skip(s.name, step + 1, accelerator)
+                    if skipped:
+                        log.print(f"warning: {skipped}")
+                    else:
+                        s.optimizer.step()
                     s.optimizer.zero_grad(set_to_none=True)
-                    s.window.add(terms, loss, t_teacher,
-                                 t_teacher + _elapsed(t_student, accelerator.device))
+                    s.window.add(terms, loss, teacher_span,
+                                 (student_start, _mark(accelerator.device)))
             if not accelerator.sync_gradients:
                 continue
 
             step += 1
+            nonfinite.end_step()
             for s in students:
                 s.scheduler.step_update(step)
                 if s.ema is not None:
                     s.ema.update(s.module.student, step=step)
-            lead = students[0]
-            lr = lead.optimizer.param_groups[0]["lr"]
-            log.advance({"loss": f"{lead.window.last:.3f}", "lr": f"{lr:.2e}"})
             if step % recipe.run.log_every == 0 or step == total_steps:
+                # the one host sync of a window: an all-reduce and a read of the loss sums
+                nonfinite.check(accelerator, checkpoints.latest)
                 scalars = {"memory/peak_gb": memory_gb(accelerator.device),
                            "progress/epoch": step / data.steps_per_epoch}
                 if data.skipped is not None:  # data.bad_files=skip; rank 0 counts its own reads
@@ -300,20 +343,26 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
                     scalars.update({s.tag(k): v for k, v in window.items()})
                     scalars[s.tag("lr")] = s.optimizer.param_groups[0]["lr"]
                 log.scalars(step, scalars)
+                lead = students[0].tag
+                log.advance({"loss": f"{scalars[lead('loss/total')]:.3f}",
+                             "lr": f"{scalars[lead('lr')]:.2e}"})
+            else:  # the bar keeps the last log step's loss
+                log.advance()
             if recipe.checkpoint.every_steps and step % recipe.checkpoint.every_steps == 0:
                 save_checkpoint()
             step_s, t_step = time.perf_counter() - t_step, time.perf_counter()
             if step == total_steps:
                 break
-            stop = stops.reason(step - job_start, step_s, save_s, accelerator.device)
+            stop = stops.reason(step - job_start, step_s, save_s)
             if stop:
                 break
         epochs_done = step // data.steps_per_epoch
         if step == total_steps or step % data.steps_per_epoch:
             break  # the schedule's end, or a stop within an epoch
-        if epochs_done % recipe.eval.every_epochs == 0:
+        if recipe.eval.every_epochs and epochs_done % recipe.eval.every_epochs == 0:
             run_eval()
-        if epochs_done % recipe.checkpoint.every_epochs == 0 and saved_step != step:
+        if (recipe.checkpoint.every_epochs and epochs_done % recipe.checkpoint.every_epochs == 0
+                and saved_step != step):
             save_checkpoint()
         if stop:  # at an epoch's end: after its evaluation, as an uninterrupted run
             break
@@ -333,10 +382,11 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         save_checkpoint()
     log.close()
 
+    nonfinite.check_weights([s.model for s in students], step, accelerator, checkpoints.latest)
     exports = {}
     # a file that cannot be written (disk full) is never left half-written under its name, and
     # without FINISHED the same command resumes from the final checkpoint and writes them again
-    intact = (f"The checkpoint of step {step} holds the trained state; "
+    intact = (f"The checkpoint of step {step} holds the trained state. "
               if saved_step == step else "")
     for s in students:
         state = consolidated_state(accelerator, s.model)
@@ -366,57 +416,74 @@ def _release(teacher: Optional[FrozenTeacher], accelerator) -> None:
 
 
 class _Window:
-    """Loss terms and timings accumulated between two TensorBoard writes."""
+    """Loss terms and timings accumulated between two TensorBoard writes. The sums stay on the
+    device and the timings are device-stream marks, so an ordinary step never waits for the
+    device; `reduce`, at log steps, reads them all at once."""
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
-        self.last = float("nan")
-        self.sums: dict[str, float] = {}
-        self.count, self.teacher_s, self.step_s = 0, 0.0, 0.0
+        self.names: list[str] = []
+        self.sums: Optional[torch.Tensor] = None  # the terms in `names` order, then the total
+        self.count = 0
+        self.spans: list[tuple[tuple, tuple]] = []  # (teacher, student) (start, end) marks
         self.started = time.perf_counter()
 
-    def add(self, terms: dict[str, torch.Tensor], total: torch.Tensor, teacher_s: float,
-            step_s: float) -> None:
-        for name, value in {**terms, "total": total}.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value.item()
-        self.last = total.item()
+    def add(self, terms: dict[str, torch.Tensor], total: torch.Tensor, teacher_span,
+            student_span) -> None:
+        if not self.names:
+            self.names = sorted(terms)
+        values = torch.stack([terms[n].detach().float() for n in self.names]
+                             + [total.detach().float()])
+        self.sums = values if self.sums is None else self.sums + values
         self.count += 1
-        self.teacher_s += teacher_s
-        self.step_s += step_s
+        self.spans.append((tuple(teacher_span), tuple(student_span)))
 
     def reduce(self, accelerator, images_per_step: int) -> dict[str, float]:
-        names = sorted(self.sums)
-        local = torch.tensor([self.sums[n] / self.count for n in names], device=accelerator.device)
-        mean = accelerator.reduce(local, reduction="mean").tolist()
-        out = {f"loss/{n}": v for n, v in zip(names, mean)}
+        mean = accelerator.reduce(self.sums / self.count, reduction="mean").tolist()
+        out = {f"loss/{n}": v for n, v in zip([*self.names, "total"], mean)}
         steps = self.count / accelerator.gradient_accumulation_steps
-        # wall clock, so data loading counts; the teacher's share is of compute time
+        # wall clock, so data loading counts (the read above waited for the device); the
+        # teacher's share is of compute time
         out["throughput/images_per_s"] = images_per_step * steps / (time.perf_counter()
                                                                      - self.started)
-        out["time/teacher_share"] = self.teacher_s / max(self.step_s, 1e-9)
+        teacher_s = sum(_seconds(*t) for t, _ in self.spans)
+        step_s = teacher_s + sum(_seconds(*s) for _, s in self.spans)
+        out["time/teacher_share"] = teacher_s / max(step_s, 1e-9)
         # compute seconds per optimiser step: the teacher forward + this student's own forward,
         # backward and update (students of one run can be compared side by side)
-        out["time/step_s"] = self.step_s / steps
+        out["time/step_s"] = step_s / steps
         self.reset()
         return out
 
 
-def _elapsed(start: float, device: torch.device) -> float:
+def _mark(device: torch.device):
+    """A point in time of the device's work: on CUDA an event in its stream (recorded without
+    waiting), elsewhere the host clock (CPU ops run synchronously)."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+    return time.perf_counter()
 
 
-def _check_cpu_bf16_batchnorm(model: nn.Module, recipe: Recipe, accelerator) -> None:
-    if (accelerator.device.type == "cpu" and _is_deepspeed(accelerator)
-            and recipe.run.precision != "no"
+def _seconds(start, end) -> float:
+    if isinstance(start, float):
+        return end - start
+    end.synchronize()  # at a log step, where the device has caught up already
+    return start.elapsed_time(end) / 1000
+
+
+def _check_cpu_bf16_batchnorm(model: nn.Module, accelerator) -> None:
+    precision = accelerator.mixed_precision  # the recipe's or the launcher's (precision_note)
+    if (accelerator.device.type == "cpu" and _is_deepspeed(accelerator) and precision != "no"
             and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())):
         raise ValueError(
-            f"run.precision={recipe.run.precision} under DeepSpeed on CPU: DeepSpeed casts the "
-            f"student to {recipe.run.precision} but keeps BatchNorm statistics in fp32, which "
-            "torch's CPU batch_norm refuses. Use run.precision=no on CPU (GPUs are fine)"
+            f"mixed precision {precision} under DeepSpeed on CPU: DeepSpeed casts the student "
+            f"to {precision} but keeps BatchNorm statistics in fp32, which torch's CPU "
+            "batch_norm refuses. Use run.precision=no (or launch with --mixed_precision no) on "
+            "CPU (GPUs are fine)"
         )
 
 

@@ -79,6 +79,33 @@ def test_a_checkpoint_whose_random_state_cannot_be_loaded_is_skipped(tmp_path, a
     assert "random_states_0.pkl" in text
 
 
+def test_a_kill_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path, accelerator,
+                                                                 monkeypatch):
+    """Deleting a checkpoint of gigabytes takes a while; a kill in the middle must not leave a
+    half-deleted step_N folder that no start ever removes."""
+    import shutil
+    from pathlib import Path
+
+    acc, _ = accelerator
+    ckpts = Checkpoints(tmp_path, keep=1)
+    ckpts.save(acc, 1, emas={})
+    real_rmtree = shutil.rmtree
+
+    def killed_midway(path, *args, **kwargs):  # deletes one file of a folder, then dies
+        if not Path(path).is_dir():
+            return real_rmtree(path, *args, **kwargs)
+        next(p for p in Path(path).rglob("*") if p.is_file()).unlink()
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ckpts.save(acc, 2, emas={})  # prunes step 1
+    monkeypatch.undo()
+    assert ckpts.latest().name == "step_000000002"
+    ckpts.remove_partial(acc)  # what the next start does
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000000002"]
+
+
 def test_disk_full_is_reported_and_leaves_the_last_checkpoint(tmp_path, accelerator,
                                                                monkeypatch):
     import errno
@@ -100,26 +127,34 @@ def test_disk_full_is_reported_and_leaves_the_last_checkpoint(tmp_path, accelera
     assert ckpts.latest() == good
 
 
+@pytest.mark.parametrize("on_error", ["stop", "continue"])
 def test_training_goes_on_or_stops_when_a_checkpoint_cannot_be_written(tmp_path, tiny_run,
-                                                                        monkeypatch):
-    import errno
+                                                                        monkeypatch, on_error):
+    """torch.save failing as it does on a full disk (its zip writer's RuntimeError) from the
+    second checkpoint on: the run stops naming the intact first one, or trains to the end."""
+    import accelerate.utils.other
 
     from helpers.runs import train_in_process
     from scalekd.engine.checkpoint import CheckpointWriteError
 
-    real_save = Checkpoints.save
+    real_save = torch.save
 
-    def full_after_first(self, accelerator, step, emas):
-        if step > 4:
-            raise CheckpointWriteError(f"step {step}: {errno.errorcode[errno.ENOSPC]}")
-        return real_save(self, accelerator, step, emas)
+    def full_after_first(obj, path, *args, **kwargs):
+        if "step_000000004" not in str(path):
+            _torch_full()
+        return real_save(obj, path, *args, **kwargs)
 
-    monkeypatch.setattr(Checkpoints, "save", full_after_first)
-    on = train_in_process(tiny_run(tmp_path / "on", "checkpoint.on_error=continue"))
-    assert on.finished and on.steps == 8
-    with pytest.raises(CheckpointWriteError):
-        train_in_process(tiny_run(tmp_path / "off"))
-    assert [p.name for p in (tmp_path / "off" / "checkpoints").iterdir()] == ["step_000000004"]
+    monkeypatch.setattr(accelerate.utils.other.torch, "save", full_after_first)
+    overrides = tiny_run(tmp_path, f"checkpoint.on_error={on_error}")
+    if on_error == "continue":
+        assert train_in_process(overrides).steps == 8
+        assert (tmp_path / "FINISHED").is_file()
+    else:
+        with pytest.raises(CheckpointWriteError, match="step 8 .*unexpected pos.*the last "
+                                                       "complete checkpoint, .*step_000000004, "
+                                                       "is intact"):
+            train_in_process(overrides)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_000000004"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +237,8 @@ def _edit_step(path) -> None:
 
 
 DAMAGE = {  # what -> (file, how)
-    "garbled bytes inside model.safetensors": ("model.safetensors", lambda p: _garble(p, -64)),
+    "garbled bytes inside model.safetensors": ("model.safetensors", lambda p: _garble(
+        p, 8 + int.from_bytes(p.read_bytes()[:8], "little"), 8)),  # the tensors, past the header
     "garbled bytes inside optimizer.bin": ("optimizer.bin", lambda p: _garble(p, -2000)),
     "garbled safetensors header": ("model.safetensors", lambda p: _garble(p, 8)),
     "garbled trainer_state.json": ("trainer_state.json", lambda p: _garble(p, 0, 4)),
@@ -255,7 +291,7 @@ def test_no_intact_checkpoint_refuses_to_start_afresh(three_checkpoints):
             DamagedCheckpoint, match=r"(?s)no intact checkpoint in .*"
             r"step_000000006: files do not match .*: model.safetensors.*"
             r"step_000000004: files differ in size from COMPLETE: trainer_state.json.*"
-            r"step_000000002: files do not match .*: optimizer.bin.*checkpoint.resume=never"):
+            r"step_000000002: files do not match .*: optimizer.bin.*checkpoint.resume=overwrite"):
         three_checkpoints.latest()
 
 
@@ -278,10 +314,12 @@ def test_a_legacy_checkpoint_that_cannot_be_read_says_so(three_checkpoints, with
     (path / MARKER).write_text("")
     with open(path / name, "r+b") as f:
         f.truncate(f.seek(0, 2) - 100 if name != "trainer_state.json" else 10)
+    if name == "trainer_state.json":  # read to find the processes' RNG files: skipped at once
+        assert three_checkpoints.latest() == three_checkpoints.folder / "step_000000004"
+        return
     assert three_checkpoints.latest() == path  # unverifiable: trusted as it was then
     where = re.escape(str(path))
-    with pytest.raises(DamagedCheckpoint, match=rf"(could not load checkpoint {where} \(|"
-                       rf"checkpoint {where} has an unreadable trainer_state.json).*"
+    with pytest.raises(DamagedCheckpoint, match=rf"could not load checkpoint {where} \(.*"
                        "checkpoint.resume=FOLDER, or start from scratch"):
         Checkpoints.load(acc, path, emas={})
 
@@ -297,3 +335,132 @@ def test_the_marker_lists_every_file_with_size_and_checksum(three_checkpoints):
     for name, entry in marker["files"].items():
         data = (path / name).read_bytes()
         assert entry == {"size": len(data), "crc32": f"{zlib.crc32(data):08x}"}
+
+
+# ---------------------------------------------------------------------------------------------
+# a real full disk: a tmpfs of a few MiB (mounting one needs root; CI runs as root)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """`mount(mib)`: a fresh tmpfs of that size, unmounted after the test; `resize(path, mib)`."""
+    import os
+    import subprocess
+
+    mounted = []
+
+    def mount(mib: int):
+        path = tmp_path / f"fs{len(mounted)}"
+        path.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            why = f"cannot mount a {mib} MiB tmpfs (needs root): {done.stderr.strip()}"
+            if os.environ.get("CI"):  # CI runs as root: a skip would hide the check
+                pytest.fail(why)
+            pytest.skip(why)
+        mounted.append(path)
+        return path
+
+    def resize(path, mib: int) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={mib}m", str(path)], check=True)
+
+    mount.resize = resize
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _cli(overrides: list[str], log) -> tuple[int, str]:
+    """Run the tiny run as `python recipe.py` does; its exit status and output."""
+    from helpers.runs import single_command, start
+
+    proc = start(single_command(overrides), log)
+    code = proc.wait(timeout=600)
+    return code, log.read_text(errors="replace")
+
+
+# the tiny run's checkpoint is 11.3 MB (3.7 model.safetensors, 7.5 optimizer.bin), its export 3.7
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["second, stop", "second, continue", "first"])
+def test_a_full_disk_stops_or_trains_on_naming_the_intact_checkpoint(tmp_path, tiny_run,
+                                                                       small_filesystem, case):
+    """The first checkpoint not fitting fails inside torch.save (its zip writer's RuntimeError,
+    the model file written, the optimiser's cut short); a second one that cannot fit beside the
+    first is refused before writing. Either way: no half-written folder, the intact checkpoint
+    named, exit status 1 and no traceback (or trained to the end with on_error=continue)."""
+    disk = small_filesystem(8 if case == "first" else 16)
+    run_dir = disk / "run"
+    folder = run_dir / "checkpoints"
+    on_error = "continue" if "continue" in case else "stop"
+    overrides = tiny_run(run_dir, "run.epochs=3", f"checkpoint.on_error={on_error}",
+                         "eval.teacher=false")
+    code, out = _cli(overrides, tmp_path / "run.log")
+    assert "Traceback" not in out, out[-3000:]
+    if case == "first":
+        assert (f"could not write the checkpoint of step 4 in {folder} (RuntimeError: [enforce "
+                "fail at inline_container.cc" in out), out[-3000:]
+        assert "the half-written folder is removed and there is no earlier checkpoint" in out
+        assert code == 1 and list(folder.iterdir()) == []
+        return
+    assert re.search(re.escape(f"could not write the checkpoint of step 8 in {folder} (no space "
+                               "left on device: the last checkpoint took ") + r"1\d\.\d MiB; ",
+                     out), out[-3000:]
+    assert f"the last complete checkpoint, {folder / 'step_000000004'}, is intact" in out
+    assert [p.name for p in folder.iterdir()] == ["step_000000004"]
+    if on_error == "continue":
+        assert code == 0 and (run_dir / "FINISHED").is_file(), out[-3000:]
+        return
+    assert code == 1 and not (run_dir / "FINISHED").exists()
+    small_filesystem.resize(disk, 64)  # space freed: the same command resumes and finishes
+    code, out = _cli(overrides, tmp_path / "rerun.log")
+    assert code == 0 and f"resumed from {folder / 'step_000000004'} at step 4" in out, out[-3000:]
+    assert (run_dir / "FINISHED").read_text() == "12\n"
+
+
+@pytest.mark.slow
+def test_an_export_that_does_not_fit_leaves_no_half_file(tmp_path, tiny_run, small_filesystem):
+    disk = small_filesystem(13)  # the final checkpoint fits, the export beside it does not
+    run_dir = disk / "run"
+    overrides = tiny_run(run_dir, "run.epochs=1", "eval.teacher=false")
+    code, out = _cli(overrides, tmp_path / "run.log")
+    assert code == 1, out[-3000:]
+    assert (f"could not write {run_dir / 'export' / 'student.safetensors'} (SafetensorError: "
+            "Error while serializing: I/O error: No space left on device" in out), out[-3000:]
+    assert "The checkpoint of step 4 holds the trained state. Free space" in out
+    assert "Traceback" not in out, out[-3000:]
+    assert not (run_dir / "export").exists() or not list((run_dir / "export").iterdir())
+    assert not (run_dir / "FINISHED").exists()
+    small_filesystem.resize(disk, 64)
+    code, out = _cli(overrides, tmp_path / "rerun.log")
+    assert code == 0 and (run_dir / "export" / "student.safetensors").is_file(), out[-3000:]
+    assert (run_dir / "FINISHED").is_file()
+
+
+@pytest.mark.slow
+def test_a_run_resumes_from_the_newest_intact_checkpoint_or_refuses(tmp_path, tiny_run):
+    """Through the command line: a checkpoint garbled in place (same size) is skipped saying why
+    and the run resumes from the one before; with every checkpoint damaged it refuses to start
+    from scratch, exit status 1, without a traceback."""
+    from helpers.runs import train_in_process
+
+    run_dir = tmp_path / "run"
+    folder = run_dir / "checkpoints"
+    every = "checkpoint.every_steps=2"
+    assert train_in_process(tiny_run(run_dir, every, "run.steps_per_job=6")).steps == 6
+    _garble(folder / "step_000000006" / "optimizer.bin", -2000)
+    code, out = _cli(tiny_run(run_dir, every, "run.steps_per_job=1"), tmp_path / "a.log")
+    assert code == 0, out[-3000:]
+    assert (f"skipping checkpoint {folder / 'step_000000006'}: files do not match their crc32 "
+            "checksum in COMPLETE (damaged or edited since written): optimizer.bin") in out
+    assert f"resumed from {folder / 'step_000000004'} at step 4" in out
+
+    for path in folder.iterdir():
+        weights = path / "model.safetensors"
+        _garble(weights, 8 + int.from_bytes(weights.read_bytes()[:8], "little") + 100)
+    code, out = _cli(tiny_run(run_dir, every), tmp_path / "b.log")
+    assert code == 1 and "Traceback" not in out, out[-3000:]
+    assert f"scalekd: no intact checkpoint in {folder}, so nothing to resume from:" in out
+    for step in (4, 5, 6):
+        assert f"  step_00000000{step}: files do not match their crc32 checksum" in out
+    assert "start from scratch with checkpoint.resume=overwrite" in out

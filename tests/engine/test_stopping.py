@@ -133,7 +133,7 @@ def test_4800_epochs_in_40_jobs_end_as_one_run(tmp_path, tiny_run):
             "student.kwargs={'img_size':16,'patch_size':8,'depth':1,'embed_dim':32,'num_heads':1}",
             "distill.method=supervised", "distill.weights={}", "run.epochs=4800",
             "run.log_every=400", "eval.every_epochs=1200", "checkpoint.every_epochs=4800",
-            "eval.teacher=false"]
+            "eval.teacher=false", *STOCHASTIC]
     whole = train_in_process(tiny_run(tmp_path / "whole", *long))
     assert whole.steps == 4800
     run_dir, jobs = tmp_path / "jobs", 0
