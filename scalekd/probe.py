@@ -192,7 +192,9 @@ def cached_features(recipe: Recipe, teacher: FrozenTeacher, which: str,
                                                           "labels_per_class", "classes",
                                                           "num_samples")},
                       "split": split, "which": which, "images": len(images),
-                      "eval_transform": [eval_interpolation(recipe), recipe.aug.crop_pct]},
+                      "eval_transform": [eval_interpolation(recipe.aug.interpolation,
+                                                            recipe.student.name),
+                                         recipe.aug.crop_pct]},
                      sort_keys=True, default=str)
     file = recipe.run.path / "features" / f"{which}.safetensors"
     if file.is_file():

@@ -414,7 +414,6 @@ def _student_problems(recipe: Recipe, world_size: int) -> list[str]:
 def validate(recipe: Recipe, world_size: int = 1) -> None:
     """Check the recipe before any compute; raise one RecipeError listing every problem."""
     import timm
-    from timm.data.transforms import str_to_interp_mode
 
     from scalekd.data import SOURCES
     from scalekd.data.classes import check_classes
@@ -564,12 +563,6 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         (r.run.max_skipped_steps >= 0, "run.max_skipped_steps must be >= 0"),
     ]
     problems += [msg for ok, msg in checks if not ok]
-    try:
-        if r.aug.interpolation != "random":  # random: bilinear or bicubic per training crop
-            str_to_interp_mode(r.aug.interpolation)
-    except KeyError:
-        problems.append(f"aug.interpolation={r.aug.interpolation!r} is not an interpolation; "
-                        "choose bicubic, bilinear, nearest, box, hamming, lanczos or random")
 
     problems += _value_problems(r)
     problems += _student_problems(r, world_size)

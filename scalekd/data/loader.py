@@ -94,7 +94,7 @@ def train_data_problems(recipe: Recipe) -> list[str]:
         try:
             create_transform(d.input_size, is_training=True, auto_augment=a.auto_augment or None,
                              interpolation=a.interpolation)
-            create_transform(d.input_size, interpolation=eval_interpolation(a.interpolation))
+            create_transform(d.input_size, interpolation=eval_interpolation(a.interpolation, ""))
         except Exception as err:  # timm raises AssertionError, KeyError, ValueError
             problems.append(f"aug.auto_augment={a.auto_augment!r} / aug.interpolation="
                             f"{a.interpolation!r}: timm cannot build it ({err!r})")
@@ -187,7 +187,9 @@ def build_eval_loader(recipe: Recipe, images: LabelledImages, mean, std, rank: i
         return EvalBatches(recipe, images, mean, std, rank, world_size, batch,
                            input_size or d.input_size, device)
     transform = create_transform(input_size or d.input_size, is_training=False,
-                                 interpolation=eval_interpolation(recipe), mean=mean, std=std,
+                                 interpolation=eval_interpolation(recipe.aug.interpolation,
+                                                                  recipe.student.name),
+                                 mean=mean, std=std,
                                  crop_pct=recipe.aug.crop_pct)
     per_rank = -(-len(images) // world_size)
     indices = list(range(rank, len(images), world_size))
@@ -198,13 +200,13 @@ def build_eval_loader(recipe: Recipe, images: LabelledImages, mean, std, rank: i
                       worker_init_fn=leave_signals_to_trainer)
 
 
-def eval_interpolation(recipe: Recipe) -> str:
+def eval_interpolation(interpolation: str, student: str) -> str:
     """Evaluation resizes with one fixed interpolation: aug.interpolation, or, where that is
     'random' (a draw per training crop, timm train.py's default), the student's own (its timm
     pretrained_cfg's; bicubic without one), as timm's train.py evaluates."""
-    if recipe.aug.interpolation != "random":
-        return recipe.aug.interpolation
-    cfg = timm.models.get_pretrained_cfg(recipe.student.name.split("hf-hub:")[-1])
+    if interpolation != "random":
+        return interpolation
+    cfg = timm.models.get_pretrained_cfg(student.split("hf-hub:")[-1]) if student else None
     return (cfg.interpolation if cfg is not None and cfg.interpolation else None) or "bicubic"
 
 
