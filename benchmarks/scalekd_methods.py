@@ -22,6 +22,17 @@ after the other), and per-step training memory of kd and scalekd on one batch: p
 gradients and AdamW states of everything trained, plus the activations autograd keeps for the
 backward pass, counted exactly with saved-tensor hooks (the teacher's own weights, resident for
 both, are left out). Prints both tables.
+
+`--teacher probed`: the same students with the probed teacher of benchmarks/probed_distillation.py
+(its ViT encoder pretrained on classes 0-4, probed on classes 5-9 with 100 labels per class;
+students on classes 5-9 at 64 px, KD at T=1 as recipes/probed_kd.py): ScaleKD's features and
+proxy path from the probe's encoder, KD from its head.
+
+A shorter setup for a busy machine (what the README's old/new comparison used):
+
+    python benchmarks/scalekd_methods.py --teacher-patch 8 --teacher-epochs 1 --epochs 10 \\
+        --root runs/short_vit
+    python benchmarks/scalekd_methods.py --students cap cap_dfm ...   # beside scalekd only
 """
 
 from __future__ import annotations
@@ -33,10 +44,13 @@ from pathlib import Path
 
 import torch
 
-from scalekd.cli import run_recipe
+from scalekd.cli import run_probe, run_recipe
 from scalekd.engine.logging import read_scalars
+from scalekd.models.probe import PROBE_FILE
+from scalekd.probe import probe_recipe
 from scalekd.recipe import Recipe, apply_overrides
 from seed_table import print_seed_table  # benchmarks/ is on sys.path
+import probed_distillation as probed  # noqa: E402
 
 QUICKSTART = runpy.run_path(str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.py"))
 ROOT = "runs/bench_scalekd"
@@ -50,18 +64,46 @@ STUDENTS = {  # beside the recipe's own student, scalekd
 ORDER = ["alone", "kd", "cap", "cap_dfm", "scalekd"]
 
 
-def scalekd_recipe() -> Recipe:
+def scalekd_recipe(root: str = ROOT, patch: int = VIT["patch_size"]) -> Recipe:
     return apply_overrides(QUICKSTART["recipe"](), [
-        f"run.dir={ROOT}/{{name}}", "data.input_size=64", "distill.method=scalekd",
-        "teacher.name=vit_tiny_patch16_224", f"teacher.kwargs={VIT}", "teacher.input_size=32",
-        f"teacher.checkpoint={ROOT}/teacher/export/student.safetensors",
+        f"run.dir={root}/{{name}}", "data.input_size=64", "distill.method=scalekd",
+        "teacher.name=vit_tiny_patch16_224", f"teacher.kwargs={dict(VIT, patch_size=patch)}",
+        "teacher.input_size=32",
+        f"teacher.checkpoint={root}/teacher/export/student.safetensors",
     ])
 
 
-def teacher_recipe(distilled: Recipe) -> Recipe:
+def teacher_recipe(distilled: Recipe, epochs: int = 4) -> Recipe:
     """The ViT trained alone on every label at its own 32 px, 4 epochs."""
     return apply_overrides(QUICKSTART["teacher_recipe"](distilled), [
-        "data.input_size=32", "run.epochs=4", "optim.lr=1e-3", "optim.warmup_epochs=0.3"])
+        "data.input_size=32", f"run.epochs={epochs}", "optim.lr=1e-3",
+        "optim.warmup_epochs=0.3"])
+
+
+def probed_scalekd_recipe(root: str) -> Recipe:
+    """benchmarks/probed_distillation.py's KD run (100 labels per class of classes 5-9) with
+    ScaleKD, the students at 64 px, the encoder and its probe in `root`."""
+    return apply_overrides(probed.distill_recipe(100), [
+        f"run.dir={root}/{{name}}", "data.input_size=64", "distill.method=scalekd",
+        "teacher.input_size=32", f"teacher.checkpoint={root}/encoder/export/student.safetensors",
+        f"teacher.probe={root}/probe",
+    ])
+
+
+def prepare_teacher(kind: str, root: str, epochs: int, patch: int) -> Recipe:
+    """The distillation recipe, its teacher trained (and probed) first unless cached."""
+    if kind == "vit":
+        base = scalekd_recipe(root, patch)
+        if not Path(base.teacher.checkpoint).is_file():
+            run_recipe(teacher_recipe(base, epochs), [])
+        return base
+    base = probed_scalekd_recipe(root)
+    if not Path(base.teacher.checkpoint).is_file():
+        run_recipe(apply_overrides(probed.encoder_recipe(base), [
+            f"run.epochs={epochs}", "data.input_size=32"]), [])  # the encoder's own 32 px
+    if not (Path(base.teacher.probe) / PROBE_FILE).is_file():
+        run_probe(probe_recipe(base), [])  # on the pixels the distillation feeds the teacher
+    return base
 
 
 def step_memory(recipe: Recipe, teacher, teacher_shapes: dict, images: torch.Tensor,
@@ -104,31 +146,47 @@ def memory_table(recipe: Recipe) -> dict[str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--teacher", choices=["vit", "probed"], default="vit")
+    parser.add_argument("--teacher-epochs", type=int, default=0,
+                        help="the teacher's (or encoder's) epochs; 0: 4 (vit) or 3 (probed)")
+    parser.add_argument("--teacher-patch", type=int, default=VIT["patch_size"],
+                        help="the ViT teacher's patch (--teacher vit): 4, an 8x8 grid; 8, 4x4")
+    parser.add_argument("--epochs", type=int, default=60, help="the students' epochs")
+    parser.add_argument("--students", nargs="*", choices=ORDER[:-1], default=ORDER[:-1],
+                        help="the students beside scalekd (the recipe's own)")
+    parser.add_argument("--root", default="", help="the runs' folder (default: runs/bench_"
+                        "scalekd, or runs/bench_probed_scalekd with --teacher probed)")
     args = parser.parse_args()
 
-    base = scalekd_recipe()
-    if not Path(base.teacher.checkpoint).is_file():
-        run_recipe(teacher_recipe(base), [])
-    top1: dict[str, list[float]] = {name: [] for name in ORDER}
+    root = args.root or (ROOT if args.teacher == "vit" else "runs/bench_probed_scalekd")
+    teacher_epochs = args.teacher_epochs or (4 if args.teacher == "vit" else 3)
+    base = prepare_teacher(args.teacher, root, teacher_epochs, args.teacher_patch)
+    names = [n for n in ORDER if n in args.students or n == "scalekd"]
+    top1: dict[str, list[float]] = {name: [] for name in names}
     step_ratio: list[float] = []
     for seed in args.seeds:
         recipe = apply_overrides(base, [f"run.seed={seed}", f"run.name=seed{seed}",
-                                        "eval.every_epochs=1000"])
-        recipe.students = STUDENTS
+                                        f"run.epochs={args.epochs}", "eval.every_epochs=1000"])
+        recipe.students = {n: STUDENTS[n] for n in args.students}
         result = run_recipe(recipe, [])
-        for name in ORDER:
+        for name in names:
             top1[name].append(result.metrics["eval/top1" if name == "scalekd"
                                              else f"{name}/eval/top1"])
-        # per logging window, skipping the first (start-up); same batches for both students
-        logged = read_scalars(result.run_dir)
-        kd_s, sk_s = ([v for _, v in sorted(logged[t].items())][1:]
-                      for t in ("kd/time/step_s", "time/step_s"))
-        step_ratio.append(statistics.median(s / k for s, k in zip(sk_s, kd_s)))
+        if "kd" in names:
+            # per logging window, skipping the first (start-up); same batches for both students
+            logged = read_scalars(result.run_dir)
+            kd_s, sk_s = ([v for _, v in sorted(logged[t].items())][1:]
+                          for t in ("kd/time/step_s", "time/step_s"))
+            step_ratio.append(statistics.median(s / k for s, k in zip(sk_s, kd_s)))
 
-    print(f"\nFashion-MNIST test top-1, ViT teacher ({VIT}) -> {base.student.name} at "
-          f"{base.data.input_size} px, {base.data.labels_per_class} labels per class, "
+    vit = base.teacher.kwargs
+    print(f"\nFashion-MNIST test top-1, {args.teacher} teacher (ViT {vit}, {teacher_epochs} "
+          f"epochs) -> {base.student.name} at {base.data.input_size} px, "
+          f"{base.data.labels_per_class} labels per class, {args.epochs} epochs, "
           f"seeds {args.seeds}")
-    print_seed_table({name: top1[name] for name in ORDER})
+    print_seed_table(top1)
+    if not step_ratio or args.teacher != "vit":
+        return
 
     memory = memory_table(base)
     print(f"\nScaleKD over vanilla KD, batch {base.data.batch_size}:")

@@ -5,7 +5,8 @@ Stable-Diffusion image mixing:
   1. probe: an MLP head trained on the frozen teacher's features (class tokens of its last 4
      blocks + the mean of the last block's patch tokens, the paper's DomainNet setting), lr
      grid-searched on 10% of the training images; written to `teacher.probe` (skipped when that
-     folder already holds a probe);
+     folder already holds a probe; `python recipes/probed_kd.py probe ARGS` probes only, on one
+     process, before an `accelerate launch` of several);
   2. distil: the student learns from the labels and from encoder + head (vanilla KD), both fed
      the same augmented image.
 
@@ -23,17 +24,14 @@ For fine-grained tasks the paper takes 3 class tokens and no patch mean:
 `probe.blocks=3 probe.patch_mean=false`.
 """
 
-import dataclasses
 import sys
-from pathlib import Path
 
-from scalekd.cli import run_probe, run_recipe
-from scalekd.models.probe import PROBE_FILE
+from scalekd.cli import run_probe_first, run_recipe
+from scalekd.probe import probe_recipe  # noqa: F401  (the probe of `recipe()`: benchmarks, tests)
 from scalekd.recipe import (AugCfg, DataCfg, DistillCfg, OptimCfg, ProbeCfg, Recipe, RunCfg,
                             StudentCfg, TeacherCfg, apply_overrides)
 
 DINOV2_L = "vit_large_patch14_dinov2.lvd142m"
-replace = dataclasses.replace
 
 
 def recipe() -> Recipe:
@@ -52,19 +50,13 @@ def recipe() -> Recipe:
     )
 
 
-def probe_recipe(distilled: Recipe) -> Recipe:
-    """The probe of the distillation's teacher, on its data, written to its teacher.probe."""
-    return replace(distilled, teacher=replace(distilled.teacher, probe=""),
-                   run=replace(distilled.run, name="probe", dir=distilled.teacher.probe))
-
-
 def main(argv: list[str]) -> None:
-    distilled = apply_overrides(recipe(), argv)
-    if (Path(distilled.teacher.probe) / PROBE_FILE).is_file():
-        print(f"reusing the probe in {distilled.teacher.probe}")
-    else:
-        run_probe(probe_recipe(distilled), [])
-    run_recipe(distilled, [])
+    """`probe` as the first argument: only the probe (one process)."""
+    probe_only = argv[:1] == ["probe"]
+    distilled = apply_overrides(recipe(), argv[probe_only:])
+    run_probe_first(distilled, "python recipes/probed_kd.py probe ARGS")
+    if not probe_only:
+        run_recipe(distilled, [])
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from scalekd.data import build_eval_loader
+from scalekd.data.loader import eval_interpolation
 from scalekd.data.classes import load_split
 from scalekd.data.loader import keep_labelled
 from scalekd.models import FrozenTeacher, data_config
@@ -118,6 +119,12 @@ def probe(recipe: Recipe) -> ProbeResult:
     return ProbeResult(out, best, grid[best], eval_top1, grid)
 
 
+def probe_recipe(distilled: Recipe) -> Recipe:
+    """The probe of a distillation's teacher, on its data, written to its teacher.probe."""
+    return replace(distilled, teacher=replace(distilled.teacher, probe=""),
+                   run=replace(distilled.run, name="probe", dir=distilled.teacher.probe))
+
+
 def check_probe_recipe(recipe: Recipe) -> None:
     """Everything `validate` checks of the teacher and data, and the probe's own fields."""
     p = recipe.probe
@@ -185,7 +192,7 @@ def cached_features(recipe: Recipe, teacher: FrozenTeacher, which: str,
                                                           "labels_per_class", "classes",
                                                           "num_samples")},
                       "split": split, "which": which, "images": len(images),
-                      "eval_transform": [recipe.aug.interpolation, recipe.aug.crop_pct]},
+                      "eval_transform": [eval_interpolation(recipe), recipe.aug.crop_pct]},
                      sort_keys=True, default=str)
     file = recipe.run.path / "features" / f"{which}.safetensors"
     if file.is_file():

@@ -42,6 +42,11 @@ class RunCfg:
     # seconds of wall clock (a scheduler's time limit), or after this many steps (job chains)
     time_budget_s: float = 0.0
     steps_per_job: int = 0
+    # a non-finite loss term: stop (an error naming the step and term; nothing non-finite is
+    # saved) | skip (that optimiser step is not applied; more than max_skipped_steps in a job
+    # stop the run). skip reads one boolean from the device per step (engine/divergence.py)
+    on_nonfinite: str = "stop"
+    max_skipped_steps: int = 10
 
     @property
     def path(self) -> Path:
@@ -98,6 +103,8 @@ class AugCfg:
     mixup: float = 0.0
     cutmix: float = 0.0
     smoothing: float = 0.0  # label smoothing of the hard-label target
+    # the resize of training crops: a timm name, or random (bilinear or bicubic per crop);
+    # evaluation uses it too, or for random the student's own (scalekd.data.loader)
     interpolation: str = "bicubic"
     crop_pct: float = 0.875  # evaluation centre crop
 
@@ -109,6 +116,8 @@ class StudentCfg:
     checkpoint: str = ""  # initial weights from a file (safetensors or torch)
     drop_path: float = 0.0
     kwargs: dict[str, Any] = field(default_factory=dict)  # passed to timm.create_model
+    channels_last: bool = False  # NHWC weights and inputs (faster convolutions: CNN students)
+    compile: bool = False  # torch.compile the student's forward with the distiller's loss terms
 
 
 @dataclass
@@ -139,16 +148,31 @@ class DistillCfg:
     temperature: float = 1.0  # T of kd, bkd, bkl, dkd; tau of dist
     hard_loss: str = "bce"  # ce | bce | none
     bce_target_thresh: Optional[float] = None
+    # every binary cross-entropy over classes (the bce label loss, bkd/bkl): mean (over batch x
+    # classes: timm's BinaryCrossEntropy and VanillaKD's released BinaryKLDiv) | sum_classes
+    # (summed over classes, averaged over the batch: mmcls's CrossEntropyLoss(use_sigmoid=True)
+    # with avg_factor=batch, ScaleKD's label loss; VanillaKD's eq. 3). On ImageNet the two
+    # differ by 1000x, which moves the term's weight against the others as much
+    bce_reduction: str = "mean"
     weights: dict[str, float] = field(default_factory=dict)  # per loss term; method defaults
-    dkd_warmup_epochs: float = 0.0  # dkd: ramp its TCKD/NCKD weights linearly from 0 over this
-    #                                 many epochs; 0: off (mdistiller's ImageNet setting)
+    # dkd: ramp its TCKD/NCKD weights by min(e / this, 1) in the e-th epoch (1-based, per
+    # epoch, as mdistiller); 0: off (VanillaKD's; mdistiller's ImageNet setting of 1 is no ramp)
+    dkd_warmup_epochs: float = 0.0
     # scalekd: feature mimicking weight w, split beta*w spatial / (1-beta)*w frequency view
     # (w=0.14, beta=4/7: the authors' 0.08 / 0.06); beta=1 drops the frequency view
     dfm_weight: float = 0.14
     dfm_beta: float = 4 / 7
     tpp: bool = True  # scalekd: teacher parameter perception (the proxy path)
+    # scalekd: the proxy path's depth in teacher blocks: an isotropic teacher's last N blocks
+    # (the authors: 2 of EVA-L's 24); a hierarchical teacher's proxy is its last stage (Swin-L:
+    # 2 blocks), N must be that stage's count; 0: the last stage, or the last quarter of blocks
+    tpp_blocks: int = 0
     cap_heads: tuple[int, int] = (0, 0)  # scalekd: CAP heads at stage 3, 4; 0: authors' values
-    cap_softmax_scale: float = 5.0  # scalekd: extra factor on the attention logits
+    # scalekd: extra factor on CAP's attention logits (the authors' per pair: 5, 1 or 0.2)
+    cap_softmax_scale: float = 5.0
+    # scalekd: the norm after CAP's 3x3 conv: auto (the authors': layernorm for Swin students,
+    # batchnorm for every other) | batchnorm | layernorm
+    cap_norm: str = "auto"
 
 
 @dataclass
@@ -174,9 +198,12 @@ class EmaCfg:
 @dataclass
 class CheckpointCfg:
     every_steps: int = 0  # 0: only at epoch ends
-    every_epochs: int = 1
+    every_epochs: int = 1  # 0: none at epoch ends (every_steps, a stop and the end still save)
     keep: int = 3
-    resume: str = "auto"  # auto: latest complete checkpoint of run.dir | never | a checkpoint folder
+    # auto: the newest intact checkpoint of run.dir (checkpoints but none intact: refused) |
+    # never (refused in a used run.dir) | overwrite (delete a previous run's outputs, then
+    # start) | a checkpoint folder (verified likewise)
+    resume: str = "auto"
     on_error: str = "stop"  # a checkpoint that cannot be written (disk full): stop | continue
 
 
@@ -187,7 +214,7 @@ class DistCfg:
 
 @dataclass
 class EvalCfg:
-    every_epochs: int = 1
+    every_epochs: int = 1  # 0: only the final evaluation
     teacher: bool = True  # evaluate the teacher once at the start
 
 
@@ -370,9 +397,14 @@ def _student_problems(recipe: Recipe, world_size: int) -> list[str]:
             )
             continue
         try:
-            validate(student_recipes(recipe)[name], world_size)
+            own = student_recipes(recipe)[name]
+            validate(own, world_size)
         except RecipeError as err:
             problems += [f"{label}: {p}" for p in err.problems]
+            continue
+        if own.distill.tpp_blocks != recipe.distill.tpp_blocks:
+            problems.append(f"{label}: the students share the teacher's proxy path; keep the "
+                            f"recipe's distill.tpp_blocks={recipe.distill.tpp_blocks}")
     if recipe.students and resolved_zero_stage(recipe) > 0:
         problems.append("several students need DDP (dist.zero_stage=0): accelerate drives one "
                         "DeepSpeed engine per run")
@@ -382,6 +414,7 @@ def _student_problems(recipe: Recipe, world_size: int) -> list[str]:
 def validate(recipe: Recipe, world_size: int = 1) -> None:
     """Check the recipe before any compute; raise one RecipeError listing every problem."""
     import timm
+    from timm.data.transforms import str_to_interp_mode
 
     from scalekd.data import SOURCES
     from scalekd.data.classes import check_classes
@@ -430,7 +463,7 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
                 "features with hooks, which torch.compile would re-trace every step; compile "
                 "serves logit methods: set teacher.compile=false")
     if r.teacher.probe and method is not None and method.needs_teacher:
-        problems += _probe_problems(r, method)
+        problems += _probe_problems(r)
     problems += cache_problems(r)
     # a cached run never loads the teacher: its weights may stay where the cache was written
     teacher_weights = r.teacher.checkpoint if r.teacher.mode != "cached" else ""
@@ -496,7 +529,11 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         (r.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
         (r.distill.temperature > 0, f"distill.temperature={r.distill.temperature} must be > 0"),
         (r.distill.hard_loss in ("ce", "bce", "none"), "distill.hard_loss must be ce, bce or none"),
+        (r.distill.bce_reduction in ("mean", "sum_classes"),
+         f"distill.bce_reduction={r.distill.bce_reduction!r} must be mean or sum_classes"),
         (r.distill.dkd_warmup_epochs >= 0, "distill.dkd_warmup_epochs must be >= 0"),
+        (r.distill.tpp_blocks >= 0, "distill.tpp_blocks must be >= 0 (0: the teacher's last "
+         "stage, or quarter of its blocks)"),
         (r.teacher.dtype in ("bf16", "fp32"), "teacher.dtype must be bf16 or fp32"),
         (r.teacher.placement in ("replicated", "zero3"),
          "teacher.placement must be replicated or zero3"),
@@ -514,15 +551,27 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         (r.data.augment_workers >= -1, "data.augment_workers must be -1 (data.workers), 0 (the "
          "main process) or a process count"),
         (r.data.input_size >= 8, f"data.input_size={r.data.input_size} is too small"),
-        (r.checkpoint.resume in ("auto", "never") or Path(r.checkpoint.resume).is_dir(),
-         f"checkpoint.resume={r.checkpoint.resume!r} must be auto, never or a checkpoint folder"),
+        (r.checkpoint.resume in ("auto", "never", "overwrite")
+         or Path(r.checkpoint.resume).is_dir(),
+         f"checkpoint.resume={r.checkpoint.resume!r} must be auto, never, overwrite or a "
+         "checkpoint folder"),
         (r.checkpoint.on_error in ("stop", "continue"),
          "checkpoint.on_error must be stop or continue"),
         (r.run.time_budget_s >= 0 and r.run.steps_per_job >= 0,
          "run.time_budget_s and run.steps_per_job must be >= 0 (0: off)"),
+        (r.run.on_nonfinite in ("stop", "skip"),
+         f"run.on_nonfinite={r.run.on_nonfinite!r} must be stop or skip"),
+        (r.run.max_skipped_steps >= 0, "run.max_skipped_steps must be >= 0"),
     ]
     problems += [msg for ok, msg in checks if not ok]
+    try:
+        if r.aug.interpolation != "random":  # random: bilinear or bicubic per training crop
+            str_to_interp_mode(r.aug.interpolation)
+    except KeyError:
+        problems.append(f"aug.interpolation={r.aug.interpolation!r} is not an interpolation; "
+                        "choose bicubic, bilinear, nearest, box, hamming, lanczos or random")
 
+    problems += _value_problems(r)
     problems += _student_problems(r, world_size)
     stage = resolved_zero_stage(r)
     if stage > 0 and r.optim.name.lower() in _LAYERWISE_OPTIMIZERS:
@@ -531,6 +580,17 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
             f"ZeRO-{stage} hands the optimiser flattened partitions, which silently changes the "
             "method: use dist.zero_stage=0 (DDP) or an element-wise optimiser such as adamw"
         )
+    if stage > 0 and r.student.channels_last:
+        problems.append(
+            f"student.channels_last=true under ZeRO-{stage}: DeepSpeed broadcasts and flattens "
+            "the student's weights through contiguous views, which NHWC weights are not (its "
+            "engine fails at start-up); use dist.zero_stage=0 (DDP) or student.channels_last=false"
+        )
+    if stage > 0 and r.run.on_nonfinite == "skip":
+        problems.append(
+            "run.on_nonfinite=skip: under DeepSpeed (ZeRO) the engine applies the update "
+            "inside backward, before the loss could be checked; use run.on_nonfinite=stop "
+            "or dist.zero_stage=0 (DDP)")
     if stage == 3 and r.ema.decay > 0:
         problems.append(
             "ema.decay>0 with ZeRO-3: the EMA would need the full student gathered every step; "
@@ -538,6 +598,55 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         )
     if problems:
         raise RecipeError(problems)
+
+
+def _value_problems(r: Recipe) -> list[str]:
+    """Values out of range for fields that the checks above do not cover (each would be a
+    traceback, or silently wrong, later); the data loader's, the optimiser's and the methods'
+    own settings are checked where those are built."""
+    from scalekd.data.loader import train_data_problems
+    from scalekd.engine.trainer import optimisation_problems
+
+    try:
+        r.run.path
+        run_dir_ok = bool(r.run.name) and bool(r.run.dir)
+    except (KeyError, IndexError, ValueError):
+        run_dir_ok = False
+    weights = r.distill.weights.values()
+    checks = [
+        (run_dir_ok, f"run.dir={r.run.dir!r} with run.name={r.run.name!r}: both must be "
+         "non-empty, and run.dir may hold only the placeholder {name}"),
+        (0 <= r.run.seed < 2**32, f"run.seed={r.run.seed} must be in [0, 2**32)"),
+        (r.run.log_every >= 1, f"run.log_every={r.run.log_every} must be >= 1 (steps between "
+         "TensorBoard writes)"),
+        (r.run.max_steps >= 0, f"run.max_steps={r.run.max_steps} must be >= 0 (0: all epochs)"),
+        (r.checkpoint.every_steps >= 0, f"checkpoint.every_steps={r.checkpoint.every_steps} "
+         "must be >= 0 (0: only at epoch ends)"),
+        (r.checkpoint.every_epochs >= 0, f"checkpoint.every_epochs="
+         f"{r.checkpoint.every_epochs} must be >= 0 (0: none at epoch ends)"),
+        (r.eval.every_epochs >= 0, f"eval.every_epochs={r.eval.every_epochs} must be >= 0 "
+         "(0: only the final evaluation)"),
+        (0 <= r.student.drop_path < 1, f"student.drop_path={r.student.drop_path} must be in "
+         "[0, 1)"),
+        (r.teacher.input_size == 0 or r.teacher.input_size >= 8,
+         f"teacher.input_size={r.teacher.input_size} must be 0 (the student's) or >= 8"),
+        (all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
+             for w in weights), f"distill.weights={r.distill.weights}: each must be a number "
+         ">= 0"),
+        (r.distill.bce_target_thresh is None or 0 <= r.distill.bce_target_thresh <= 1,
+         f"distill.bce_target_thresh={r.distill.bce_target_thresh} must be None or in [0, 1]"),
+        (r.optim.warmup_lr >= 0 and r.optim.min_lr >= 0,
+         "optim.warmup_lr and optim.min_lr must be >= 0"),
+        (r.optim.clip_grad >= 0, f"optim.clip_grad={r.optim.clip_grad} must be >= 0 (0: off)"),
+        (0 <= r.optim.momentum < 1, f"optim.momentum={r.optim.momentum} must be in [0, 1)"),
+        (r.optim.decay_epochs > 0 and 0 < r.optim.decay_rate <= 1,
+         "optim.decay_epochs must be > 0 and optim.decay_rate in (0, 1]"),
+    ]
+    problems = [msg for ok, msg in checks if not ok]
+    problems += train_data_problems(r)
+    if r.optim.lr > 0 and r.run.epochs > 0:  # reported above otherwise
+        problems += optimisation_problems(r)
+    return problems
 
 
 def _mixed_problems(r: Recipe, method, per_step: int) -> list[str]:
@@ -560,16 +669,12 @@ def _mixed_problems(r: Recipe, method, per_step: int) -> list[str]:
     return problems
 
 
-def _probe_problems(r: Recipe, method: Any) -> list[str]:
+def _probe_problems(r: Recipe) -> list[str]:
     from scalekd.data.classes import known_classes
     from scalekd.models.probe import probe_problems
 
-    problems = probe_problems(r.teacher, r.data, r.teacher.input_size or r.data.input_size,
-                              known_classes(r.data))
-    if method.needs_features:
-        problems.append(f"teacher.probe serves logit methods; distill.method="
-                        f"{r.distill.method!r} taps the teacher's feature maps")
-    return problems
+    return probe_problems(r.teacher, r.data, r.teacher.input_size or r.data.input_size,
+                          known_classes(r.data))
 
 
 # optimisers whose update depends on whole-tensor norms (so not on a ZeRO partition)

@@ -15,18 +15,20 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.context import SpawnContext, SpawnProcess
 
 import numpy as np
 import torch
-import torch.multiprocessing as mp
 
 from scalekd.data.on_batch import augment_in_place
+from scalekd.data.workers import leave_signals_to_trainer, signals_held
 
 _SLOTS = 2  # one batch in flight while the loop holds the previous one
 _worker: dict = {}  # in each worker: its slots and transform
 
 
 def _attach(slots: torch.Tensor, transform: Callable) -> None:
+    leave_signals_to_trainer()
     torch.set_num_threads(1)  # PIL work; torch's threads would only oversubscribe the cores
     _worker.update(slots=slots.numpy(), transform=transform)
 
@@ -34,6 +36,16 @@ def _attach(slots: torch.Tensor, transform: Callable) -> None:
 def _augment(slot: int, start: int, seeds: Sequence[int]) -> None:
     pixels = _worker["slots"][slot, start:start + len(seeds)]
     augment_in_place(pixels, seeds, _worker["transform"])
+
+
+class _SignalSafeProcess(SpawnProcess):
+    def start(self) -> None:
+        with signals_held():  # until the worker ignores them (_attach)
+            super().start()
+
+
+class _SignalSafeSpawn(SpawnContext):
+    Process = _SignalSafeProcess
 
 
 class AugmentPool:
@@ -48,8 +60,9 @@ class AugmentPool:
         self.slots = torch.empty((_SLOTS, batch_size, size, size, 3),
                                  dtype=torch.uint8).share_memory_()
         # spawn: the training process runs FFCV's and torch's threads, which fork would copy
-        # mid-flight; torch.multiprocessing's pickler shares the slots' memory with the workers
-        self.executor = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+        # mid-flight; torch.multiprocessing's pickler (registered by `import torch`) shares
+        # the slots' memory with the workers
+        self.executor = ProcessPoolExecutor(workers, mp_context=_SignalSafeSpawn(),
                                             initializer=_attach,
                                             initargs=(self.slots, transform))
         weakref.finalize(self, self.executor.shutdown, cancel_futures=True)

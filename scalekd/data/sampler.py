@@ -95,6 +95,15 @@ class MixedBatches(EpochBatches):
 SYNTHETIC, SHUFFLE = 1, 2  # seed streams of MixedBatches, apart from the real images' (0)
 
 
+def loader_generator(seed: int) -> torch.Generator:
+    """A DataLoader's own generator. Each DataLoader iterator draws its workers' base seed when
+    it is created, by default from the global torch RNG: the stream the student's dropout and
+    drop path draw from, restored on resume. A resumed job creates its iterator at another step
+    than the uninterrupted run, so that draw would shift the student's stream. The samples are
+    seeded one by one (sample_seed), so this seed reaches nothing else."""
+    return torch.Generator().manual_seed(seed)
+
+
 def sample_seed(seed: int, epoch: int, position: int, stream: int = 0) -> int:
     key = [seed, epoch, position] + ([stream] if stream else [])
     return int(np.random.SeedSequence(key).generate_state(1)[0])

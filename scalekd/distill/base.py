@@ -31,7 +31,6 @@ class FeatureShapes:
     student: list[tuple[int, int, int]]  # the student's stage-3 and stage-4 taps
     teacher: dict[str, tuple[int, int, int]]  # "final", "split" (TeacherOutput.features)
     student_class: str = ""  # the timm class (ResNet, ConvNeXt, ...): per-family defaults
-    student_batch_norm: bool = True  # whether the student normalises with BatchNorm
 
 
 class Distiller(nn.Module):
@@ -49,7 +48,8 @@ class Distiller(nn.Module):
     def __init__(self, recipe: Recipe, num_classes: int):
         super().__init__()
         self.hard_label = HardLabelLoss(recipe.distill.hard_loss, recipe.aug.smoothing,
-                                        recipe.distill.bce_target_thresh)
+                                        recipe.distill.bce_target_thresh,
+                                        recipe.distill.bce_reduction == "sum_classes")
         self.weights = {**self.loss_terms, **recipe.distill.weights}
         self.temperature = recipe.distill.temperature  # of the softened terms (DIST's tau)
 
@@ -88,6 +88,12 @@ class HardLabelLoss(nn.Module):
     """CE or BCE against the labels (torch's label-smoothed CE, timm's BCE), or the soft targets
     Mixup/CutMix make (timm's losses).
 
+    CE is one value per image (summed over classes), averaged over the batch, with label
+    smoothing eps as the target (1 - eps) one-hot + eps / C (timm's and mmcls's 'original'
+    mode alike). BCE is one value per image and class: `sum_classes` sums them per image
+    before the batch mean (mmcls's CrossEntropyLoss(use_sigmoid=True), ScaleKD's), else the
+    mean over both (timm's default, VanillaKD's).
+
     Integer targets of -1 mark unlabelled images: they add nothing to this term, which stays a
     mean over the whole batch (each labelled image weighs the same whatever its batch holds,
     and per-process batches average to the global batch's value). They are masked, not
@@ -95,13 +101,15 @@ class HardLabelLoss(nn.Module):
     a synchronisation every step.
     """
 
-    def __init__(self, kind: str, smoothing: float, bce_target_thresh: Optional[float]):
+    def __init__(self, kind: str, smoothing: float, bce_target_thresh: Optional[float],
+                 sum_classes: bool = False):
         super().__init__()
-        self.kind, self.smoothing = kind, smoothing
+        self.kind, self.smoothing, self.sum_classes = kind, smoothing, sum_classes
         if kind == "bce":
             self.hard = BinaryCrossEntropy(smoothing=smoothing, target_threshold=bce_target_thresh,
                                            reduction="none")
-            self.soft = BinaryCrossEntropy(smoothing=0.0, target_threshold=bce_target_thresh)
+            self.soft = BinaryCrossEntropy(smoothing=0.0, target_threshold=bce_target_thresh,
+                                           sum_classes=sum_classes)
         else:
             self.soft = SoftTargetCrossEntropy()
 
@@ -111,7 +119,8 @@ class HardLabelLoss(nn.Module):
         labelled = targets >= 0
         targets = targets.clamp_min(0)
         if self.kind == "bce":
-            per_image = self.hard(logits, targets).mean(-1)  # timm's mean over the classes
+            per_class = self.hard(logits, targets)
+            per_image = per_class.sum(-1) if self.sum_classes else per_class.mean(-1)
         else:
             per_image = F.cross_entropy(logits, targets, label_smoothing=self.smoothing,
                                         reduction="none")

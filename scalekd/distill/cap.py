@@ -1,13 +1,19 @@
 """ScaleKD's cross-attention projector (CAP): a student feature map -> tokens in the teacher's
 feature space, on the teacher's grid.
 
-The student map goes through a 3x3 conv + norm + ReLU to the teacher's width, plus a learned
-position embedding over the student grid. Queries on the teacher's grid (a learned table, or the
-tokens of the teacher's proxy path under TPP) pass a 1x1 projection + ReLU and attend over the
-student tokens in one global cross-attention layer whose logits carry an extra softmax scale
-(5 in the authors' configs: sharper attention than head_dim^-0.5 alone). No residual around the
-attention (queries and output live in different spaces); then LayerNorm and an FFN with its
-shortcut. Attention runs through torch SDPA (fused kernels where the device has them).
+Built as the authors built it (deep-optimization/ScaleKD, `AttentionProjector` in
+mmcls/models/dis_losses/fmd.py): the student map goes through a 3x3 conv that keeps the student's
+width Cs + norm + ReLU, plus a learned position embedding over the student grid; keys and values
+are Linear(Cs -> Ct), so the change of width happens in the attention. Queries on the teacher's
+grid (a learned table, N(0, 1) as nn.Embedding starts, or the tokens of the teacher's proxy path
+under TPP) pass a 1x1 projection + ReLU and attend over the student tokens in one global
+cross-attention layer whose logits carry an extra softmax scale (per pair in the authors'
+configs: 5, 1 or 0.2). No residual around the attention (queries and output live in different
+spaces); then LayerNorm and a ReLU FFN (mmcv's FFN: 4x width, identity shortcut). Attention runs
+through torch SDPA (fused kernels where the device has them) or `teacher.attention`.
+
+The norm after the conv is the authors' choice per student: BatchNorm for ResNet, MobileNet,
+ConvNeXt, DeiT/ViT and Mixer students, LayerNorm2d for Swin students (`cap_norm` below).
 """
 
 from __future__ import annotations
@@ -21,35 +27,45 @@ from timm.layers import LayerNorm2d, Mlp, trunc_normal_
 from scalekd.models.attention import attend
 from scalekd.models.taps import map_to_tokens
 
+CAP_NORMS = ("batchnorm", "layernorm")
+
+
+def cap_norm(student_class: str) -> str:
+    """The authors' norm for a timm student class: LayerNorm2d for Swin students only."""
+    return "layernorm" if student_class.startswith("SwinTransformer") else "batchnorm"
+
 
 class CrossAttentionProjector(nn.Module):
     def __init__(self, in_chs: int, student_grid: tuple[int, int], out_chs: int,
                  query_grid: tuple[int, int], heads: int, softmax_scale: float = 5.0,
-                 batch_norm: bool = True, learned_queries: bool = True,
+                 norm: str = "batchnorm", learned_queries: bool = True,
                  attention: str = "sdpa"):
         super().__init__()
         self.attention = attention  # backend name: scalekd/models/attention.py
         if out_chs % heads:
             raise ValueError(f"CAP width {out_chs} is not divisible by {heads} heads")
+        if norm not in CAP_NORMS:
+            raise ValueError(f"CAP norm {norm!r} is not one of {CAP_NORMS}")
         self.heads, self.query_grid = heads, query_grid
         self.scale = (out_chs // heads) ** -0.5 * softmax_scale
+        batch_norm = norm == "batchnorm"
         self.embed = nn.Sequential(
-            nn.Conv2d(in_chs, out_chs, 3, padding=1, bias=not batch_norm),
-            nn.BatchNorm2d(out_chs) if batch_norm else LayerNorm2d(out_chs),
+            # a bias before BatchNorm would be cancelled by it: left out
+            nn.Conv2d(in_chs, in_chs, 3, padding=1, bias=not batch_norm),
+            nn.BatchNorm2d(in_chs) if batch_norm else LayerNorm2d(in_chs),
             nn.ReLU(inplace=True),
         )
-        self.pos_embed = nn.Parameter(torch.zeros(1, out_chs, *student_grid))
+        self.pos_embed = nn.Parameter(torch.zeros(1, in_chs, *student_grid))
         trunc_normal_(self.pos_embed, std=0.02)
         self.queries = None
-        if learned_queries:
-            self.queries = nn.Parameter(torch.zeros(1, query_grid[0] * query_grid[1], out_chs))
-            trunc_normal_(self.queries, std=0.02)
+        if learned_queries:  # N(0, 1), nn.Embedding's initialisation, as the authors' table
+            self.queries = nn.Parameter(torch.randn(1, query_grid[0] * query_grid[1], out_chs))
         self.query_proj = nn.Sequential(nn.Linear(out_chs, out_chs), nn.ReLU(inplace=True))
         self.q = nn.Linear(out_chs, out_chs)
-        self.kv = nn.Linear(out_chs, 2 * out_chs)
+        self.kv = nn.Linear(in_chs, 2 * out_chs)
         self.out = nn.Linear(out_chs, out_chs)
         self.norm = nn.LayerNorm(out_chs)
-        self.ffn = Mlp(out_chs, 4 * out_chs)
+        self.ffn = Mlp(out_chs, 4 * out_chs, act_layer=nn.ReLU)
 
     def forward(self, student_map: torch.Tensor,
                 queries: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -16,14 +16,19 @@ Targets. DKD needs a target class for every image:
   such images still pass on all of the teacher's distribution (TCKD + NCKD stays a split
   of KD) instead of being dropped from the only terms that can use them.
 
-Warm-up: the original (mdistiller) multiplies TCKD and NCKD by min(epoch / warmup, 1) with
-1-based integer epochs: warmup=20 on CIFAR-100, 1 on ImageNet (so no ramp there), and
+Warm-up: as the original (mdistiller, mdistiller/distillers/DKD.py line 72), TCKD and NCKD
+are multiplied by min(epoch / warmup, 1) with the 1-based integer epoch (mdistiller's trainer
+counts epochs from 1 and passes the current one to every step): constant within an epoch, 1 /
+warmup in the first. warmup=20 on CIFAR-100, 1 on ImageNet (so no ramp there), and
 VanillaKD's training script passes no epoch to its DKD loss. Here `distill.dkd_warmup_epochs`
-(default 0: off) ramps linearly in the fractional epoch the trainer passes to `set_epoch`; the
-label loss is not ramped, as in the original.
+(default 0: off) sets warmup; the epoch comes from the optimiser steps done (`set_epoch`), so
+the same optimiser step gets the same factor as in mdistiller. The label loss is not ramped,
+as in the original.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +61,15 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target:
     return kl(binary_s, binary_t) * temperature**2, kl(others_s, others_t) * temperature**2
 
 
+def dkd_warmup_factor(epoch: float, warmup_epochs: float) -> float:
+    """mdistiller's min(e / warmup, 1), e the 1-based number of the epoch under way, from the
+    fractional epoch `set_epoch` gets (optimiser steps done / steps per epoch); 1 without
+    warm-up."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return min((math.floor(epoch) + 1) / warmup_epochs, 1.0)
+
+
 def dkd_target(targets: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """The target class of each image (see the module docstring for why)."""
     if targets.ndim == 2:
@@ -82,6 +96,6 @@ class DecoupledKD(Distiller):
 
     def total(self, terms):
         # the ramp is applied here, not to the terms, so the logged TCKD/NCKD stay true values
-        ramp = min(self.epoch / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0
+        ramp = dkd_warmup_factor(self.epoch, self.warmup_epochs)
         return sum(self.weights[name] * (1.0 if name == "hard" else ramp) * value
                    for name, value in terms.items())

@@ -18,13 +18,15 @@ import torch
 import torch.nn as nn
 
 from scalekd.distill.base import Distiller, FeatureShapes, register_distiller
-from scalekd.distill.cap import CrossAttentionProjector
+from scalekd.distill.cap import CAP_NORMS, CrossAttentionProjector, cap_norm
 from scalekd.distill.dfm import FrequencyMimicLoss, spatial_mimic_loss
 from scalekd.distill.kd import kd_loss
 from scalekd.models.taps import map_to_tokens, tokens_to_map
 from scalekd.recipe import Recipe
 
-# the authors' CAP heads at (stage 3, stage 4) by student family; others get 8
+# the authors' CAP heads at (stage 3, stage 4) by student family with the Swin-L teacher (their
+# configs; MobileNetV1, a timm EfficientNet, takes its 16 / 24 from distill.cap_heads); others
+# and every student of their EVA-L teacher get 8
 AUTHORS_HEADS = {"ResNet": (16, 24), "ConvNeXt": (8, 16), "SwinTransformer": (24, 48),
                  "VisionTransformer": (8, 8), "MlpMixer": (8, 8)}
 
@@ -55,14 +57,14 @@ class ScaleKD(Distiller):
         (s3_c, *s3_grid), (s4_c, *s4_grid) = shapes.student
         heads = [h or a for h, a in zip(d.cap_heads,
                                         AUTHORS_HEADS.get(shapes.student_class, (8, 8)))]
-        batch_norm = shapes.student_batch_norm  # else LayerNorm2d (ConvNeXt, Swin)
+        norm = cap_norm(shapes.student_class) if d.cap_norm == "auto" else d.cap_norm
         s3_c_out, s3_q_grid = (split_c, self.split_grid) if self.tpp else (final_c,
                                                                           self.final_grid)
 
         def cap(in_c, grid, out_c, q_grid, wanted_heads, learned):
             return CrossAttentionProjector(in_c, tuple(grid), out_c, tuple(q_grid),
                                            fitted_heads(out_c, wanted_heads),
-                                           d.cap_softmax_scale, batch_norm, learned,
+                                           d.cap_softmax_scale, norm, learned,
                                            recipe.teacher.attention)
 
         self.mimics = nn.ModuleDict()
@@ -83,6 +85,18 @@ class ScaleKD(Distiller):
         if not 0 <= d.dfm_beta <= 1:
             problems.append(f"distill.dfm_beta={d.dfm_beta} must lie in [0, 1] (the spatial "
                             "view's share of distill.dfm_weight)")
+        if d.cap_norm not in ("auto", *CAP_NORMS):
+            problems.append(f"distill.cap_norm={d.cap_norm!r} must be auto (the authors' choice "
+                            f"per student), {' or '.join(CAP_NORMS)}")
+        if d.dfm_weight < 0:
+            problems.append(f"distill.dfm_weight={d.dfm_weight} must be >= 0")
+        heads = d.cap_heads
+        if not (isinstance(heads, tuple) and len(heads) == 2
+                and all(isinstance(h, int) and h >= 0 for h in heads)):
+            problems.append(f"distill.cap_heads={heads} must be two head counts >= 0 (stage 3, "
+                            "stage 4; 0: the authors' value)")
+        if d.cap_softmax_scale <= 0:
+            problems.append(f"distill.cap_softmax_scale={d.cap_softmax_scale} must be > 0")
         if {"spatial", "frequency"} & set(d.weights):
             problems.append("scalekd's spatial/frequency weights come from distill.dfm_weight "
                             "and distill.dfm_beta; remove them from distill.weights")

@@ -1,11 +1,14 @@
 """Checkpoints that a crash, kill or preemption cannot corrupt.
 
 Each checkpoint is written by every process into `.tmp-step_N`, finished with a COMPLETE marker
-that lists every file and its size, then renamed to `step_N` in one atomic step. Only folders
-whose marker matches what is on disk are resumed from (others are skipped with a warning naming
-them), the last `keep` are kept, and leftovers of an interrupted write are removed at the next
-start. A write that fails (a full disk) is reported, removed, and leaves the previous checkpoint
-as the one to resume from; `checkpoint.on_error` says whether training goes on or stops.
+that lists every file with its size and checksum (every process checksums a share of the files
+once all have written; rank 0 writes the marker), then renamed to `step_N` in one atomic step.
+Resume takes the newest checkpoint whose files all match their marker (newer ones are skipped
+with a warning saying why) and refuses to start afresh when checkpoints exist but none is
+intact; the last `keep` are kept, and leftovers of an interrupted write are removed at the next
+start. A write that fails (a full disk, wherever it fails) is reported, removed, and leaves the
+previous checkpoint as the one to resume from; `checkpoint.on_error` says whether training goes
+on or stops.
 The model/optimizer/RNG/scaler state is accelerate's (sharded files under DeepSpeed); our own
 state (step, EMA) is JSON and safetensors so that nothing needs unpickling. Whatever does need
 torch.load is read with weights_only=True, DeepSpeed's files included (see
@@ -20,44 +23,99 @@ import json
 import os
 import shutil
 import warnings
+import zlib
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 from accelerate import Accelerator
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 MARKER = "COMPLETE"
+# zlib's CRC-32 of every file, in the marker: it catches damage (flipped or garbled bytes, a
+# hand-edited file), not tampering (whoever can edit a file can edit the marker), and of the
+# standard library's checksums it is the fastest but adler32, which is weaker on short files;
+# for its cost per GB see README (benchmarks/checkpoint_checksum.py)
+CHECKSUM = "crc32"
+_CHUNK = 8 << 20
+# what a write that fails raises: OSError (ENOSPC, EDQUOT, EIO), torch's zip writer's
+# RuntimeError ("unexpected pos", "file write failed"; torch.save under accelerate and DeepSpeed)
+# and safetensors' SafetensorError
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 PREFIX = "step_"
 UNIVERSAL = "universal"  # a DeepSpeed checkpoint converted for another process count
 DEEPSPEED_TAG = "pytorch_model"  # the folder accelerate's save_state gives DeepSpeed's files
 
 
-class CheckpointWriteError(RuntimeError):
+class RunFolderError(RuntimeError):
+    """Something of the run folder could not be written or read; the message says what is
+    intact and what to do (the command line prints it without a traceback)."""
+
+
+class CheckpointWriteError(RunFolderError):
     """A checkpoint could not be written; the previous complete one is intact."""
+
+
+class DamagedCheckpoint(RunFolderError):
+    """A checkpoint to resume from is damaged, or checkpoints exist and none is intact."""
+
+
+class RunWriteError(RunFolderError):
+    """A file of the run folder (recipe, export, metrics, FINISHED) could not be written."""
 
 
 class Checkpoints:
     def __init__(self, folder: Path, keep: int):
         self.folder, self.keep = Path(folder), keep
 
-    def complete(self) -> list[Path]:
-        """Complete checkpoints, oldest first; others are reported and skipped."""
+    def _all(self) -> list[Path]:
+        """Every step_N folder, oldest first."""
         if not self.folder.is_dir():
             return []
+        found = [p for p in self.folder.glob(f"{PREFIX}*") if p.name[len(PREFIX):].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+
+    def complete(self) -> list[Path]:
+        """Complete checkpoints (files present at their listed sizes), oldest first; others
+        are reported and skipped. Checksums are not read here: see `latest`."""
         found = []
-        for path in self.folder.glob(f"{PREFIX}*"):
-            problem = _problem(path)
+        for path in self._all():
+            problem = _problem(path, checksums=False)
             if problem:
                 warnings.warn(f"skipping checkpoint {path}: {problem}")
             else:
                 found.append(path)
-        return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+        return found
 
     def latest(self) -> Optional[Path]:
-        found = self.complete()
-        return found[-1] if found else None
+        """The newest intact checkpoint: every file listed in its marker present, at its size
+        and checksum. Each newer one is reported with why it was skipped. None if there is no
+        checkpoint; DamagedCheckpoint if there are some and none is intact (starting afresh
+        would silently throw the run away)."""
+        skipped = []
+        for path in reversed(self._all()):
+            problem = _problem(path, checksums=True)
+            if problem is None:
+                return path
+            warnings.warn(f"skipping checkpoint {path}: {problem}")
+            skipped.append(f"{path.name}: {problem}")
+        if skipped:
+            raise DamagedCheckpoint(
+                f"no intact checkpoint in {self.folder}, so nothing to resume from:\n  "
+                + "\n  ".join(skipped) + "\nRestore a checkpoint, pass one with "
+                "checkpoint.resume=FOLDER, or start from scratch with checkpoint.resume=overwrite "
+                "(which deletes them)")
+        return None
+
+    @staticmethod
+    def check(path: Path) -> Path:
+        """`path` if intact (see `latest`), else DamagedCheckpoint saying why."""
+        problem = _problem(Path(path), checksums=True)
+        if problem:
+            raise DamagedCheckpoint(f"checkpoint {path} cannot be resumed from: {problem}")
+        return Path(path)
 
     def remove_partial(self, accelerator: Accelerator) -> None:
         if accelerator.is_main_process and self.folder.is_dir():
@@ -67,43 +125,68 @@ class Checkpoints:
 
     def save(self, accelerator: Accelerator, step: int, emas: dict[str, torch.nn.Module]) -> Path:
         """Write the checkpoint of `step`; raises CheckpointWriteError on every rank if any
-        rank failed to write its part (the half-written folder is removed)."""
+        rank failed to write its part or the marker (the half-written folder is removed)."""
         final = self.folder / f"{PREFIX}{step:09d}"
         tmp = self.folder / f".tmp-{final.name}"
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True, exist_ok=True)
-        accelerator.wait_for_everyone()
         failure = None
         try:
-            accelerator.save_state(str(tmp))
             if accelerator.is_main_process:
-                for name, ema in emas.items():
-                    save_file(_plain(ema.state_dict()), tmp / ema_file(name))
-                _write_synced(tmp / "trainer_state.json", json.dumps(
-                    {"step": step, "world_size": accelerator.num_processes,
-                     "deepspeed": accelerator.state.deepspeed_plugin is not None}))
-        except OSError as err:
+                self._check_room()
+                tmp.mkdir(parents=True, exist_ok=True)
+        except WRITE_ERRORS as err:
             failure = err
+        if not _any_rank(failure is not None, accelerator):  # also the barrier before writing
+            try:
+                accelerator.save_state(str(tmp))
+                if accelerator.is_main_process:
+                    for name, ema in emas.items():
+                        save_file(_plain(ema.state_dict()), tmp / ema_file(name))
+                    _write_synced(tmp / "trainer_state.json", json.dumps(
+                        {"step": step, "world_size": accelerator.num_processes,
+                         "deepspeed": accelerator.state.deepspeed_plugin is not None}))
+            except WRITE_ERRORS as err:
+                failure = err
+        if not _any_rank(failure is not None, accelerator):  # every rank has written its part
+            try:
+                listed = _shared_manifest(tmp, accelerator)
+                if accelerator.is_main_process:
+                    _write_synced(tmp / MARKER, json.dumps(listed, indent=1))
+            except WRITE_ERRORS as err:
+                failure = err
         if _any_rank(failure is not None, accelerator):
             if accelerator.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
-            previous = self.latest()
-            cause = ("no space left on device" if getattr(failure, "errno", None) == errno.ENOSPC
-                     else f"{type(failure).__name__}: {failure}" if failure else "another rank")
+            previous = self.complete()
+            intact = (f"the last complete checkpoint, {previous[-1]}, is intact" if previous
+                      else "there is no earlier checkpoint")
             raise CheckpointWriteError(
-                f"could not write the checkpoint of step {step} in {self.folder} ({cause}); "
-                f"the last complete checkpoint, {previous or 'none'}, is intact. Free space "
-                "or point run.dir elsewhere; checkpoint.on_error=continue keeps training")
+                f"could not write the checkpoint of step {step} in {self.folder} "
+                f"({_cause(failure)}; {_free(self.folder)}); the half-written folder is removed "
+                f"and {intact}. Free space or point run.dir elsewhere; "
+                "checkpoint.on_error=continue keeps training") from failure
         if accelerator.is_main_process:
-            _write_synced(tmp / MARKER, json.dumps(_manifest(tmp), indent=1))
             if final.exists():  # a re-save of the same step (resume right after a save)
-                shutil.rmtree(final)
+                _remove(final)
             os.rename(tmp, final)
             for old in self.complete()[: -self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove(old)
         accelerator.wait_for_everyone()
         return final
+
+    def _check_room(self) -> None:
+        """OSError(ENOSPC) if the filesystem has less room than the last checkpoint took: found
+        before anything is written, so that every rank stops together (a rank failing inside
+        DeepSpeed's save while the others wait in its barriers would hang the run)."""
+        last = self.complete()[-1:]
+        if not last:
+            return
+        needed = sum(p.stat().st_size for p in last[0].rglob("*")
+                     if p.is_file() and UNIVERSAL not in p.relative_to(last[0]).parts)
+        free = shutil.disk_usage(self.folder).free
+        if free < needed:
+            raise OSError(errno.ENOSPC, f"the last checkpoint took {needed / 2**20:.1f} MiB")
 
     @staticmethod
     def load(accelerator: Accelerator, path: Path, emas: dict[str, torch.nn.Module]) -> int:
@@ -116,8 +199,7 @@ class Checkpoints:
         checkpoint holds one ZeRO shard per process: for another count, `universal` converts it
         first and this loads the conversion."""
         if path.name != UNIVERSAL:
-            saved = json.loads((path / "trainer_state.json").read_text())
-            was_deepspeed = saved.get("deepspeed", False)
+            was_deepspeed = _trainer_state(path).get("deepspeed", False)
             if was_deepspeed != (accelerator.state.deepspeed_plugin is not None):
                 raise ValueError(
                     f"checkpoint {path} was written "
@@ -129,20 +211,28 @@ class Checkpoints:
         # hyper-parameters, e.g. weight decay on the no-decay group: keep each group's own
         groups = [[{k: v for k, v in g.items() if k != "params"} for g in _innermost(o)]
                   for o in accelerator._optimizers] if path.name == UNIVERSAL else []
-        accelerator.load_state(str(path))
+        try:
+            accelerator.load_state(str(path))
+            for name, ema in emas.items():
+                ema.load_state_dict(load_file(path / ema_file(name)))
+        except Exception as err:
+            if _has_checksums(path):  # its files are as written: not damage, keep the error
+                raise
+            raise DamagedCheckpoint(
+                f"could not load checkpoint {path} ({_cause(err)}). Its {MARKER} marker has no "
+                "checksums (written by an older scalekd), so damage could not be found before "
+                "loading. Resume from another checkpoint with checkpoint.resume=FOLDER, or start "
+                "from scratch with checkpoint.resume=overwrite") from err
         for optimizer, saved in zip(accelerator._optimizers, groups):
             for group, own in zip(_innermost(optimizer), saved):
                 group.update(own)
-        for name, ema in emas.items():
-            ema.load_state_dict(load_file(path / ema_file(name)))
-        return json.loads((path / "trainer_state.json").read_text())["step"]
-
+        return _trainer_state(path)["step"]
 
     @staticmethod
     def needs_universal(path: Path, world_size: int, deepspeed: bool) -> bool:
         """Whether resuming `path` on `world_size` processes needs DeepSpeed's universal
         format (a DeepSpeed checkpoint written by another process count)."""
-        saved = json.loads((path / "trainer_state.json").read_text())
+        saved = _trainer_state(path)
         return deepspeed and saved.get("deepspeed", False) and saved["world_size"] != world_size
 
     @staticmethod
@@ -151,7 +241,7 @@ class Checkpoints:
         state whole, by name, re-sharded on load over any process count), in path/universal;
         the run's engine must be built with `"checkpoint": {"load_universal": true}`."""
         out = path / UNIVERSAL
-        if accelerator.is_main_process and not (out / MARKER).is_file():
+        if accelerator.is_main_process and _problem(out, checksums=True):
             from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
             tmp = path / f".tmp-{UNIVERSAL}"
@@ -163,7 +253,9 @@ class Checkpoints:
             for item in path.iterdir():  # our state and accelerate's RNG files, as they are
                 if item.is_file() and item.name != MARKER:
                     shutil.copy2(item, tmp / item.name)
-            _write_synced(tmp / MARKER, json.dumps(_manifest(tmp), indent=1))
+            _write_synced(tmp / MARKER, json.dumps(_manifest(tmp, sorted(
+                str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())), indent=1))
+            shutil.rmtree(out, ignore_errors=True)  # a damaged earlier conversion
             os.rename(tmp, out)
         accelerator.wait_for_everyone()
         return out
@@ -219,33 +311,170 @@ def _innermost(optimizer) -> list[dict]:
     return optimizer.param_groups
 
 
-def _manifest(folder: Path) -> dict[str, int]:
-    """Every file under `folder` (relative path -> size), the marker excepted."""
-    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name != MARKER}
+def _files(folder: Path) -> list[str]:
+    """Every file under `folder` (relative paths), the marker excepted."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and p.name != MARKER)
 
 
-def _problem(path: Path) -> Optional[str]:
-    """Why the checkpoint folder `path` cannot be trusted, or None."""
+def _manifest(folder: Path, files: list[str]) -> dict:
+    """The marker's content for `files` of `folder`: each one's size and checksum."""
+    return {"checksum": CHECKSUM, "files": {
+        name: {"size": (folder / name).stat().st_size, CHECKSUM: file_checksum(folder / name)}
+        for name in files}}
+
+
+def _shared_manifest(folder: Path, accelerator: Accelerator) -> dict:
+    """`_manifest` of every file of the checkpoint, whichever rank wrote it: rank 0 lists them
+    (the folder is on a filesystem every rank sees), each rank checksums every N-th one (the
+    files are still in its page cache when it wrote them on this node) and rank 0 gathers."""
+    if not (dist.is_available() and dist.is_initialized() and accelerator.num_processes > 1):
+        return _manifest(folder, _files(folder))
+    listing = [_files(folder) if accelerator.is_main_process else None]
+    dist.broadcast_object_list(listing, src=0)
+    mine = listing[0][accelerator.process_index::accelerator.num_processes]
+    parts = [None] * accelerator.num_processes
+    dist.all_gather_object(parts, _manifest(folder, mine)["files"])
+    return {"checksum": CHECKSUM,
+            "files": dict(sorted((k, v) for part in parts for k, v in part.items()))}
+
+
+def file_checksum(path: Path) -> str:
+    """CRC-32 of the file, read in chunks (hex)."""
+    value = 0
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            value = zlib.crc32(block, value)
+    return f"{value:08x}"
+
+
+def _read_marker(path: Path):
+    """The marker of checkpoint `path`: "" for a legacy empty one, else its parsed JSON."""
+    text = (path / MARKER).read_text()
+    return json.loads(text) if text else ""
+
+
+def _has_checksums(path: Path) -> bool:
+    try:
+        listed = _read_marker(path)
+    except (OSError, ValueError):
+        return False
+    return isinstance(listed, dict) and "files" in listed
+
+
+def _problem(path: Path, checksums: bool) -> Optional[str]:
+    """Why the checkpoint folder `path` cannot be trusted, or None. Markers come in three
+    forms: {"checksum", "files": {name: {size, checksum}}} (verified in full when `checksums`),
+    {name: size} (older: sizes only) and empty (oldest: trusted as it was then)."""
     if not (path / MARKER).is_file():
         return f"it has no {MARKER} marker"
     try:
-        text = (path / MARKER).read_text()
-        if not text:  # written before markers listed files: trusted as it was then
-            return None
-        listed = json.loads(text)
+        listed = _read_marker(path)
     except (OSError, ValueError) as err:
         return f"its {MARKER} marker is unreadable ({err})"
+    if listed == "":  # written before markers listed files: trusted as it was then
+        return _rng_problem(path)
     if not isinstance(listed, dict) or not listed:
         return f"its {MARKER} marker lists no files"
-    on_disk = _manifest(path)
-    missing = sorted(set(listed) - set(on_disk))
+    entries = listed.get("files", listed)
+    if not isinstance(entries, dict) or not entries:
+        return f"its {MARKER} marker lists no files"
+    sizes = {n: e["size"] if isinstance(e, dict) else e for n, e in entries.items()}
+    missing = sorted(n for n in sizes if not (path / n).is_file())
     if missing:
         return f"files listed in {MARKER} are missing: {', '.join(missing)}"
-    changed = sorted(f for f in listed if on_disk[f] != listed[f])
+    changed = sorted(n for n in sizes if (path / n).stat().st_size != sizes[n])
     if changed:
         return f"files differ in size from {MARKER}: {', '.join(changed)}"
+    if checksums and "files" in listed:
+        algorithm = listed.get("checksum")
+        if algorithm != CHECKSUM:
+            return f"its {MARKER} marker uses an unknown checksum {algorithm!r}"
+        damaged = sorted(n for n, e in entries.items() if file_checksum(path / n) != e[CHECKSUM])
+        if damaged:
+            return (f"files do not match their {CHECKSUM} checksum in {MARKER} (damaged or "
+                    f"edited since written): {', '.join(damaged)}")
+    return _rng_problem(path)
+
+
+def _rng_problem(path: Path) -> Optional[str]:
+    """Why the random states of the processes that wrote checkpoint `path` cannot be restored,
+    or None. accelerate's load_state logs an RNG file it cannot load at INFO level and goes on
+    with the streams it has, so a resume from it would silently not be exact. The files are a
+    few KB each (read with accelerate's own weights-only loader)."""
+    from accelerate.utils import RNG_STATE_NAME
+    from accelerate.utils import load as accelerate_load
+
+    try:
+        processes = json.loads((path / "trainer_state.json").read_text())["world_size"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"its trainer_state.json is unreadable ({err})"
+    for rank in range(processes):
+        name = f"{RNG_STATE_NAME}_{rank}.pkl"
+        try:
+            state = accelerate_load(path / name)
+            state["random_state"], state["numpy_random_seed"], state["torch_manual_seed"]
+        except Exception as err:  # whatever the unpickler raises: the stream cannot be restored
+            return f"its random state {name} cannot be loaded ({type(err).__name__}: {err})"
     return None
+
+
+def _trainer_state(path: Path) -> dict:
+    """trainer_state.json of checkpoint `path`, or DamagedCheckpoint if unreadable."""
+    try:
+        saved = json.loads((path / "trainer_state.json").read_text())
+        int(saved["step"])
+        return saved
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise DamagedCheckpoint(
+            f"checkpoint {path} has an unreadable trainer_state.json ({_cause(err)}). Resume "
+            "from another checkpoint with checkpoint.resume=FOLDER, or start from scratch "
+            "with checkpoint.resume=overwrite") from err
+
+
+def write_run_file(path: Path, write: Callable[[Path], None], intact: str = "") -> None:
+    """`write(tmp)` a file then rename it to `path`, so that a failed write (a full disk) never
+    leaves a half file under the real name; RunWriteError says what failed and, in `intact`,
+    what is still there."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except WRITE_ERRORS as err:
+        tmp.unlink(missing_ok=True)
+        raise RunWriteError(f"could not write {path} ({_cause(err)}; {_free(path.parent)}). "
+                            f"{intact}Free space or point run.dir elsewhere, then run the same "
+                            "command again") from err
+
+
+def _free(folder: Path) -> str:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free there"
+    except OSError:
+        return "free space unknown"
+
+
+def _cause(err: Optional[BaseException]) -> str:
+    """A failure, in a line: disk full said plainly, else its type and first line."""
+    if err is None:
+        return "another process failed"
+    if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        detail = err.strerror if err.strerror != os.strerror(err.errno) else ""
+        return "no space left on device" + (f": {detail}" if detail else "")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{type(err).__name__}: {first}"
+
+
+def _remove(checkpoint: Path) -> None:
+    """Delete a checkpoint folder, renamed out of sight first: a kill during the (long) delete
+    leaves a .tmp- folder, which the next start removes (remove_partial), never a half-deleted
+    checkpoint."""
+    aside = checkpoint.with_name(f".tmp-removed-{checkpoint.name}")
+    os.rename(checkpoint, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _any_rank(flag: bool, accelerator: Accelerator) -> bool:

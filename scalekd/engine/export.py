@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from scalekd.engine.checkpoint import write_run_file
 from scalekd.recipe import Recipe
 
 
@@ -34,19 +35,23 @@ def consolidated_state(accelerator, model: torch.nn.Module) -> dict[str, torch.T
 
 
 def export_student(state: dict[str, torch.Tensor], recipe: Recipe, num_classes: int,
-                   folder: Path, stem: str = "student") -> Path:
+                   folder: Path, intact: str = "", stem: str = "student") -> Path:
     """Write `stem.safetensors` (student keys only: projectors and losses dropped) and
-    `stem.json`, which says how to rebuild it with timm.create_model."""
-    folder.mkdir(parents=True, exist_ok=True)
+    `stem.json`, which says how to rebuild it with timm.create_model. A write that fails (disk
+    full) leaves no half file under either name: RunWriteError, with `intact` (what is still
+    there) in its message."""
     prefix = "student."
     weights = {k[len(prefix):]: v.detach().cpu().contiguous().clone()
                for k, v in state.items() if k.startswith(prefix)}
     path = folder / f"{stem}.safetensors"
-    save_file(weights, path, metadata={"timm_model": recipe.student.name})
+    write_run_file(path, lambda tmp: save_file(weights, tmp,
+                                               metadata={"timm_model": recipe.student.name}),
+                   intact)
     spec = {"model_name": recipe.student.name, "num_classes": num_classes,
             "kwargs": recipe.student.kwargs, "input_size": recipe.data.input_size,
             "file": path.name}
-    (folder / f"{stem}.json").write_text(json.dumps(spec, indent=2))
+    write_run_file(folder / f"{stem}.json",
+                   lambda tmp: tmp.write_text(json.dumps(spec, indent=2)), intact)
     return path
 
 

@@ -26,8 +26,18 @@ class RunLog:
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self.writer is not None:
-            for name, value in values.items():
-                self.writer.add_scalar(name, value, step)
+            try:
+                for name, value in values.items():
+                    self.writer.add_scalar(name, value, step)
+            except OSError as err:  # disk full: TensorBoard's writer thread has died
+                self._lost(err)
+
+    def _lost(self, err: OSError) -> None:
+        """Stop logging to TensorBoard, say so, and train on: checkpoints report their own
+        failures (checkpoint.on_error), and losing curves must not lose the run."""
+        self.writer = None
+        self.print(f"warning: TensorBoard logging stopped, its folder cannot be written ({err}); "
+                   "training goes on")
 
     def advance(self, postfix: Optional[dict[str, str]] = None) -> None:
         """One step on the bar; `postfix` (if given) replaces the values shown beside it."""
@@ -42,7 +52,10 @@ class RunLog:
     def close(self) -> None:
         self.bar.close()
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as err:
+                self._lost(err)
 
 
 def read_scalars(run_dir: Path) -> dict[str, dict[int, float]]:

@@ -26,12 +26,15 @@ from timm.utils import ModelEmaV3
 from scalekd.data import build_eval_loader, build_train_data
 from scalekd.data.classes import load_split
 from scalekd.distill import DISTILLERS, Distiller, FeatureShapes, create_distiller
-from scalekd.engine.checkpoint import Checkpoints, CheckpointWriteError
+from scalekd.engine.checkpoint import (Checkpoints, CheckpointWriteError, RunWriteError,
+                                       write_run_file)
 from scalekd.engine.distributed import (build_accelerator, launched_world_size, precision_note,
                                         release_accelerate_state, shard_teacher)
+from scalekd.engine.divergence import NonFiniteGuard
 from scalekd.engine.evaluate import evaluate
 from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog, memory_gb
+from scalekd.engine.run_folder import FINISHED, check_fresh_start, clear
 from scalekd.engine.stopping import StopRequests
 from scalekd.models import FrozenTeacher, create_student, create_teacher, data_config
 from scalekd.models.taps import StudentTaps
@@ -41,22 +44,22 @@ from scalekd.recipe import (Recipe, recipe_changes, resolved_zero_stage, student
 from scalekd.teacher_cache.labels import teacher_output as cached_teacher_output
 
 
-FINISHED = "FINISHED"  # marker file in the run folder once the whole schedule is done
-
-
 class DistillationModel(nn.Module):
     """What the optimiser trains and the engine wraps: the student and the distiller's own
     trainable parts (projectors). The teacher is deliberately not in here."""
 
-    def __init__(self, student: nn.Module, distiller: Distiller):
+    def __init__(self, student: nn.Module, distiller: Distiller, channels_last: bool = False):
         super().__init__()
         self.student, self.distiller = student, distiller
         self.taps = StudentTaps(student) if distiller.needs_features else None
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        student.to(memory_format=self.memory_format)
 
     def forward(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None,
                 teacher: Optional[TeacherOutput] = None):
         # a DeepSpeed bf16/fp16 engine holds the student in that dtype and does not autocast
-        images = images.to(next(self.student.parameters()).dtype)
+        images = images.to(next(self.student.parameters()).dtype,
+                           memory_format=self.memory_format)
         if targets is None:
             return self.student(images).float()
         if self.taps is None:
@@ -75,6 +78,7 @@ class TrainResult:
     steps: int = 0
     exports: dict[str, Path] = field(default_factory=dict)  # every student, by name
     finished: bool = True  # False: stopped early (signal, time budget, steps_per_job)
+    stop_requested: Optional[str] = None  # a signal received, even too late to stop this run
 
 
 @dataclass
@@ -110,10 +114,11 @@ def build_student(recipe: Recipe, num_classes: int, steps_per_epoch: int,
         if DISTILLERS[recipe.distill.method].needs_features:
             shapes = FeatureShapes(
                 StudentTaps(student).shapes(student, recipe.data.input_size), teacher_shapes,
-                type(student).__name__,
-                any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in student.modules()))
+                type(student).__name__)
         distiller = create_distiller(recipe, num_classes, shapes)
-        model = DistillationModel(student, distiller)
+        model = DistillationModel(student, distiller, recipe.student.channels_last)
+    if recipe.student.compile:  # in place, compiled on the first call: state_dict keys unchanged
+        model.compile()
     o = recipe.optim
     optimizer = create_optimizer_v2(model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
                                     momentum=o.momentum)
@@ -126,23 +131,47 @@ def build_student(recipe: Recipe, num_classes: int, steps_per_epoch: int,
     return model, optimizer, scheduler, distiller
 
 
+def optimisation_problems(recipe: Recipe) -> list[str]:
+    """timm's own checks of optim.* (names, hyperparameters), from building the optimiser and
+    the schedule of `build_student` for one parameter, before any model is built."""
+    o, one = recipe.optim, nn.Linear(1, 1)
+    try:
+        optimizer = create_optimizer_v2(one, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
+                                        momentum=o.momentum)
+    except Exception as err:  # timm and torch raise several kinds
+        return [f"optim.name={o.name!r} with optim.lr/momentum/weight_decay: {err}"]
+    try:
+        scheduler, _ = create_scheduler_v2(
+            optimizer, sched=o.sched, num_epochs=recipe.run.epochs,
+            warmup_epochs=o.warmup_epochs, warmup_lr=o.warmup_lr, min_lr=o.min_lr,
+            decay_epochs=o.decay_epochs, decay_rate=o.decay_rate, step_on_epochs=False,
+            updates_per_epoch=1)
+    except Exception as err:
+        return [f"optim.sched={o.sched!r}: {err}"]
+    return [] if scheduler is not None else [f"optim.sched={o.sched!r} is not a timm scheduler"]
+
+
 def train(recipe: Recipe) -> TrainResult:
     # SIGUSR1/SIGTERM are caught from the first line to the last: one arriving while the run
     # starts up stops it after its first step, one arriving during the final evaluation is moot
     with StopRequests(recipe.run.time_budget_s, recipe.run.steps_per_job) as stops:
         try:
-            return _train(recipe, stops)
+            result = _train(recipe, stops)
+            result.stop_requested = f"received {stops.received}" if stops.received else None
+            return result
         finally:  # so that a later train() in this process may pick another precision
             release_accelerate_state()
 
 
 def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     validate(recipe, launched_world_size())
+    check_fresh_start(recipe)
     run_dir = recipe.run.path
     checkpoints = Checkpoints(run_dir / "checkpoints", recipe.checkpoint.keep)
+    # the newest intact checkpoint (checksums verified); none intact among several: refused
     resume_from = (checkpoints.latest() if recipe.checkpoint.resume == "auto"
-                   else None if recipe.checkpoint.resume == "never"
-                   else Path(recipe.checkpoint.resume))
+                   else None if recipe.checkpoint.resume in ("never", "overwrite")
+                   else Checkpoints.check(Path(recipe.checkpoint.resume)))
     # a DeepSpeed checkpoint of another process count loads through the universal format
     universal = resume_from is not None and Checkpoints.needs_universal(
         resume_from, launched_world_size(), resolved_zero_stage(recipe) > 0)
@@ -151,12 +180,12 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     main = accelerator.is_main_process
     recipe_file, previous = run_dir / "recipe.json", None
     if main:  # only rank 0 reads and (atomically) rewrites it: no rank sees a half-written file
+        if recipe.checkpoint.resume == "overwrite":
+            clear(run_dir)
         previous = json.loads(recipe_file.read_text()) if recipe_file.is_file() else None
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.json.tmp").write_text(json.dumps(recipe.to_dict(), indent=2))
-        os.replace(run_dir / "recipe.json.tmp", recipe_file)
+        write_run_file(recipe_file, _text(json.dumps(recipe.to_dict(), indent=2)))
         # the batch shell forwards the scheduler's signal here (slurm/train.sbatch)
-        (run_dir / "trainer.pid").write_text(f"{os.getpid()}\n")
+        write_run_file(run_dir / "trainer.pid", _text(f"{os.getpid()}\n"))
 
     # data: student normalisation; the teacher re-normalises the same augmented pixels
     norm = data_config(recipe.student.name)
@@ -180,7 +209,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         if any(m.needs_features for m in methods):
             teacher_shapes = teacher.enable_features(
                 any(r.distill.tpp for r, m in zip(specs.values(), methods) if m.needs_features),
-                accelerator.device)
+                accelerator.device, recipe.distill.tpp_blocks)
         if recipe.teacher.placement == "zero3":
             shard_teacher(teacher, recipe)
     built = [build_student(r, data.num_classes, data.steps_per_epoch, teacher_shapes)
@@ -209,6 +238,8 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
 
     log = RunLog(run_dir / "tb", total_steps, step, main)
     log.print(precision_note(recipe))
+    nonfinite = NonFiniteGuard(recipe.run.on_nonfinite, recipe.run.max_skipped_steps, step,
+                               accelerator.device)
     if resume_from:
         log.print(f"resumed from {resume_from} at step {step}")
         changes = recipe_changes(previous, recipe.to_dict()) if previous else []
@@ -221,6 +252,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         log.print(f"teacher {recipe.teacher.name}: top-1 {teacher_metrics['top1']:.2f}")
 
     def run_eval() -> dict[str, float]:
+        nonfinite.check(accelerator, checkpoints.latest)
         out = {}
         for s in students:
             s.model.eval()
@@ -238,6 +270,9 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
 
     def save_checkpoint() -> None:
         nonlocal saved_step, save_s
+        nonfinite.check(accelerator, checkpoints.latest)  # never save non-finite weights
+        nonfinite.check_weights([s.model for s in students], step, accelerator,
+                                checkpoints.latest)
         t_save = time.perf_counter()
         try:
             checkpoints.save(accelerator, step, emas)
@@ -274,11 +309,16 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
                     s.distiller.set_epoch(step / data.steps_per_epoch)  # for schedules
                     _, terms = s.model(images, targets, teacher_out)
                     loss = s.distiller.total(terms)
+                    nonfinite.observe(s.name, terms, loss)
                     accelerator.backward(loss)
                     clip = s.recipe.optim.clip_grad
                     if clip and accelerator.sync_gradients and not _is_deepspeed(accelerator):
                         accelerator.clip_grad_norm_(s.model.parameters(), clip)
-                    s.optimizer.step()
+                    skipped = nonfinite.skip(s.name, step + 1, accelerator)
+                    if skipped:
+                        log.print(f"warning: {skipped}")
+                    else:
+                        s.optimizer.step()
                     s.optimizer.zero_grad(set_to_none=True)
                     s.window.add(terms, loss, teacher_span,
                                  (student_start, _mark(accelerator.device)))
@@ -286,12 +326,14 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
                 continue
 
             step += 1
+            nonfinite.end_step()
             for s in students:
                 s.scheduler.step_update(step)
                 if s.ema is not None:
                     s.ema.update(s.module.student, step=step)
             if step % recipe.run.log_every == 0 or step == total_steps:
                 # the one host sync of a window: an all-reduce and a read of the loss sums
+                nonfinite.check(accelerator, checkpoints.latest)
                 scalars = {"memory/peak_gb": memory_gb(accelerator.device),
                            "progress/epoch": step / data.steps_per_epoch}
                 if data.skipped is not None:  # data.bad_files=skip; rank 0 counts its own reads
@@ -317,9 +359,10 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         epochs_done = step // data.steps_per_epoch
         if step == total_steps or step % data.steps_per_epoch:
             break  # the schedule's end, or a stop within an epoch
-        if epochs_done % recipe.eval.every_epochs == 0:
+        if recipe.eval.every_epochs and epochs_done % recipe.eval.every_epochs == 0:
             run_eval()
-        if epochs_done % recipe.checkpoint.every_epochs == 0 and saved_step != step:
+        if (recipe.checkpoint.every_epochs and epochs_done % recipe.checkpoint.every_epochs == 0
+                and saved_step != step):
             save_checkpoint()
         if stop:  # at an epoch's end: after its evaluation, as an uninterrupted run
             break
@@ -339,21 +382,31 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         save_checkpoint()
     log.close()
 
+    nonfinite.check_weights([s.model for s in students], step, accelerator, checkpoints.latest)
     exports = {}
+    # a file that cannot be written (disk full) is never left half-written under its name, and
+    # without FINISHED the same command resumes from the final checkpoint and writes them again
+    intact = (f"The checkpoint of step {step} holds the trained state. "
+              if saved_step == step else "")
     for s in students:
         state = consolidated_state(accelerator, s.model)
         folder = run_dir / "export" / s.name
         if main:
-            exports[s.name] = export_student(state, s.recipe, data.num_classes, folder)
+            exports[s.name] = export_student(state, s.recipe, data.num_classes, folder, intact)
             if s.ema is not None:
                 export_student({f"student.{k}": v for k, v in s.ema.module.state_dict().items()},
-                               s.recipe, data.num_classes, folder, stem="student_ema")
+                               s.recipe, data.num_classes, folder, intact, stem="student_ema")
     if main:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        (run_dir / FINISHED).write_text(f"{step}\n")  # the schedule is done: no more requeues
+        write_run_file(run_dir / "metrics.json", _text(json.dumps(metrics, indent=2)), intact)
+        # the schedule is done: no more requeues
+        write_run_file(run_dir / FINISHED, _text(f"{step}\n"), intact)
     accelerator.wait_for_everyone()
     _release(teacher, accelerator)
     return TrainResult(run_dir, metrics, exports.get(""), step, exports)
+
+
+def _text(text: str):
+    return lambda path: path.write_text(text)
 
 
 def _release(teacher: Optional[FrozenTeacher], accelerator) -> None:

@@ -39,8 +39,10 @@ def triton_enabled(tensor: torch.Tensor) -> bool:
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The KD loss through the fused kernel where it can run, else the torch reference."""
-    if triton_enabled(student) and student.ndim == 2:
+    """The KD loss through the fused kernel where it can run, else the torch reference; also
+    inside torch.compile (`student.compile`): inductor fuses the reference into kernels of its
+    own, in the student's graph."""
+    if triton_enabled(student) and student.ndim == 2 and not torch.compiler.is_compiling():
         return FusedKDLoss.apply(student, teacher.detach(), float(temperature))
     return kd_loss_reference(student, teacher, temperature)
 

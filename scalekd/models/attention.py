@@ -77,16 +77,37 @@ def _xformers_attention(q, k, v, attn_mask, dropout_p, is_causal, scale):
     bias = None
     if is_causal:
         bias = xops.LowerTriangularMask()
-    elif attn_mask is not None:  # xformers takes an additive bias of the full (B, H, N, M) shape
-        if attn_mask.dtype == torch.bool:
-            attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
-                ~attn_mask, float("-inf"))
-        bias = attn_mask.to(q.dtype).expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    elif attn_mask is not None:
+        bias = xformers_bias(attn_mask, q, k)
     # xformers lays tensors out as (B, N, H, D)
     out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2),
                                           v.transpose(1, 2), attn_bias=bias, p=dropout_p,
                                           scale=scale)
     return out.transpose(1, 2)
+
+
+# xformers' kernel reads a bias in 16-byte vectors: each of its strides but the last must be a
+# multiple of 16 bytes' worth of elements and its data 16-byte aligned (fmha's
+# `_check_bias_alignment`, the kernel's CHECK_ALIGNED_PTR); otherwise no operator accepts it.
+# 197 tokens (ViT/BEiT at 224 px) are not such a multiple.
+BIAS_ALIGNMENT_BYTES = 16
+
+
+def xformers_bias(attn_mask: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """SDPA's `attn_mask` (additive, or boolean: True = attend) as the additive (B, H, N, M)
+    bias xformers takes: written into rows padded to a multiple of the alignment and sliced back
+    to M keys, the layout xformers documents; a mask shared by the batch stays shared."""
+    heads, queries, keys = q.shape[1], q.shape[2], k.shape[2]
+    batch = attn_mask.shape[0] if attn_mask.ndim == 4 else 1
+    step = BIAS_ALIGNMENT_BYTES // q.element_size()
+    padded = torch.empty(batch, heads, queries, -(-keys // step) * step, dtype=q.dtype,
+                         device=q.device)
+    bias = padded[..., :keys]
+    if attn_mask.dtype == torch.bool:
+        bias.zero_().masked_fill_(~attn_mask.expand(bias.shape), float("-inf"))
+    else:
+        bias.copy_(attn_mask.expand(bias.shape))
+    return bias.expand(q.shape[0], heads, queries, keys)
 
 
 class _FunctionalWithAttention:

@@ -55,7 +55,11 @@ def make_head(kind: str, width: int, num_classes: int, hidden: int) -> nn.Module
 
 class ProbedModel(nn.Module):
     """Encoder + head: logits = head(probe_features(encoder, x)). With an identity head its
-    output is the features themselves (what the probe caches)."""
+    output is the features themselves (what the probe caches). As a teacher of feature methods,
+    its features are the encoder's (`tapped_module`): the final stage's map, and for TPP the
+    encoder's last stages as the proxy path; the head gives the logits."""
+
+    tapped_module = "encoder"  # scalekd.models.taps.tapped_model
 
     def __init__(self, encoder: nn.Module, head: nn.Module, blocks: int, patch_mean: bool):
         super().__init__()

@@ -31,6 +31,14 @@ def feature_entries(model: nn.Module) -> list[dict]:
     return list(info) if isinstance(info, list) else list(info.info)
 
 
+def tapped_model(model: nn.Module) -> tuple[str, nn.Module]:
+    """The timm model whose stages are tapped, and its name inside `model` ("" for `model`
+    itself): a wrapper around a timm model, such as the probed teacher (encoder + head), names
+    that model in its `tapped_module` attribute."""
+    name = getattr(model, "tapped_module", "")
+    return name, (model.get_submodule(name) if name else model)
+
+
 def is_isotropic(entries: list[dict]) -> bool:
     """ViT-like: the last entries keep one resolution (blocks), rather than halving (stages)."""
     return len(entries) > 1 and entries[-1]["reduction"] == entries[-2]["reduction"]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from scalekd.models.attention import set_fused_attention, timm_attention
 from scalekd.models.teacher_stages import TeacherStages
+from scalekd.models.weights import create_with_weights
 from scalekd.recipe import TeacherCfg
 
 
@@ -89,10 +90,12 @@ class FrozenTeacher(nn.Module):
                     return path(fmap)
         return TeacherOutput(logits.float(), features, proxy)
 
-    def enable_features(self, with_proxy: bool, device: torch.device) -> dict[str, tuple]:
+    def enable_features(self, with_proxy: bool, device: torch.device,
+                        proxy_blocks: int = 0) -> dict[str, tuple]:
         """Return final (and split) feature maps from now on, and with `with_proxy` the proxy
-        path; checks the proxy on a noise image first. Returns the maps' (C, H, W)."""
-        self.stages, self.with_proxy = TeacherStages(self.model), with_proxy
+        path over the teacher's last `proxy_blocks` blocks (0: its last stage or quarter);
+        checks the proxy on a noise image first. Returns the maps' (C, H, W)."""
+        self.stages, self.with_proxy = TeacherStages(self.model, proxy_blocks), with_proxy
         size = self.input_size or 224
         # noise, not a blank image (whose patches would all look alike); its own generator, so
         # that the global RNG the run is seeded with is not drawn from
@@ -112,10 +115,8 @@ def load_timm_model(cfg: TeacherCfg, num_classes: int) -> nn.Module:
     """`cfg.name` with weights from teacher.checkpoint or the hub; num_classes=0 drops its
     classifier (a classifier in the file is then ignored)."""
     if cfg.checkpoint:
-        overlay = dict(file=cfg.checkpoint, **({"num_classes": num_classes} if num_classes
-                                                else {}))
-        return timm.create_model(cfg.name, pretrained=True, num_classes=num_classes,
-                                 pretrained_cfg_overlay=overlay, **cfg.kwargs)
+        return create_with_weights("teacher.checkpoint", cfg.checkpoint, cfg.name, num_classes,
+                                   cfg.kwargs)
     hub_classes = timm.models.get_pretrained_cfg(cfg.name).num_classes
     if num_classes and hub_classes != num_classes:
         raise ValueError(

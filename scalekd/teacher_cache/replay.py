@@ -9,7 +9,9 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from scalekd.data.sampler import loader_generator
 from scalekd.data.source import LabelledImages
+from scalekd.data.workers import leave_signals_to_trainer
 from scalekd.recipe import Recipe
 from scalekd.teacher_cache.draws import Augmentation, DrawBatches
 from scalekd.teacher_cache.labels import dense_probs
@@ -72,5 +74,7 @@ def replay_loader(recipe: Recipe, images: LabelledImages, rows: Sequence[int], s
     crops = ReplayedCrops(images, rows, Augmentation(recipe, mean, std), reader)
     workers = recipe.data.workers
     loader = DataLoader(crops, batch_sampler=batches, num_workers=workers,
-                        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+                        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+                        generator=loader_generator(recipe.run.seed),
+                        worker_init_fn=leave_signals_to_trainer)
     return SoftLabelled(loader, len(images.classes), device)

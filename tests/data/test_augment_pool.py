@@ -1,6 +1,10 @@
 """Per-sample augmentation in worker processes: the same pixels as in the main process for any
 worker count, a batch ahead, through shared memory; errors surface in the training process."""
 
+import os
+import signal
+import time
+
 import pytest
 import torch
 from timm.data.auto_augment import rand_augment_transform
@@ -64,3 +68,17 @@ def test_a_batch_larger_than_the_slots_is_refused(pool):
     images = torch.zeros((BATCH + 1, 3, SIZE, SIZE), dtype=torch.uint8)
     with pytest.raises(ValueError, match="does not fit"):
         list(pool.map([(images, list(range(BATCH + 1)))]))
+
+
+def test_workers_leave_stop_signals_to_the_trainer():
+    """SIGTERM or SIGUSR1 sent to the whole process group (Slurm, systemd, `kill -- -PGID`)
+    reaches the pool's workers: they ignore it (the trainer checkpoints and shuts them down)."""
+    pool = AugmentPool(RA, 2, BATCH, SIZE)
+    data = batches()
+    assert len([x.clone() for x in pool.map(data)]) == len(data)  # the workers are up
+    for pid in pool.executor._processes:
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            os.kill(pid, sig)
+    time.sleep(0.5)  # a killed worker would be noticed by the pool meanwhile
+    again = [x.clone() for x in pool.map(data)]
+    assert all(torch.equal(x, in_main_process(*b)) for x, b in zip(again, data))

@@ -1,10 +1,11 @@
 """Training data: labelled subsets, transfer sets, augmentation tied to position."""
 
 import numpy as np
+import pytest
 import torch
 
 from scalekd.data import SOURCES, build_train_data
-from scalekd.recipe import Recipe, apply_overrides
+from scalekd.recipe import Recipe, RecipeError, apply_overrides
 
 NORM = ((0.5,) * 3, (0.5,) * 3)
 
@@ -23,6 +24,14 @@ def test_labels_per_class_is_balanced_and_fixed():
     labels = torch.cat([y for _, y in a.epoch(0)])
     assert np.bincount(labels.numpy()).tolist() == [5] * 10
     assert a.loader.dataset.images.keep == b.loader.dataset.images.keep
+
+
+def test_more_labels_per_class_than_a_class_has_is_refused():
+    """200 synthetic images are 20 a class: 21 would silently use all of them."""
+    r, images = synthetic("data.labels_per_class=21")
+    with pytest.raises(RecipeError, match=r"data.labels_per_class=21: class 'class\d' has only "
+                                          r"20 training images .* choose at most 20"):
+        build_train_data(r, images, *NORM, 0, 1)
 
 
 def test_augmentation_is_a_function_of_position():
@@ -57,3 +66,32 @@ def test_uint8_batches_match_the_float_path():
     for (a, ya), (b, yb) in zip(floats, uint8):
         assert b.dtype == torch.float32 and torch.allclose(a, b, atol=1e-5)
         assert torch.equal(ya, yb)
+
+
+def test_random_interpolation_evaluates_with_the_students_own():
+    """aug.interpolation=random (timm train.py's default) draws per training crop; evaluation
+    resizes with the student's pretrained_cfg interpolation (bilinear for VGG, bicubic for
+    most), as timm's train.py does, instead of failing on 'random'."""
+    from scalekd.data import build_eval_loader
+    from scalekd.data.loader import eval_interpolation
+
+    r, images = synthetic("aug.interpolation=random", "student.name=vgg11")
+    assert eval_interpolation(r) == "bilinear"
+    assert eval_interpolation(apply_overrides(r, ["student.name=resnet18"])) == "bicubic"
+    assert eval_interpolation(apply_overrides(r, ["aug.interpolation=nearest"])) == "nearest"
+    val = SOURCES["synthetic"].load(r.data, "val")
+    x, y = next(iter(build_eval_loader(r, val, *NORM, 0, 1)))
+    assert x.shape[-2:] == (16, 16) and len(y) == 10
+    assert next(iter(build_train_data(r, images, *NORM, 0, 1).epoch(0)))[0].shape[-1] == 16
+
+
+def test_a_bad_interpolation_is_refused_before_any_compute():
+    import pytest
+
+    from scalekd.recipe import RecipeError, validate
+
+    r, _ = synthetic("aug.interpolation=bicubical", "distill.method=supervised")
+    with pytest.raises(RecipeError, match="aug.interpolation='bicubical' is not an "
+                                          "interpolation; choose bicubic"):
+        validate(r)
+    validate(apply_overrides(r, ["aug.interpolation=random"]))

@@ -1,10 +1,14 @@
 """Binary KD: BCE against the teacher's probabilities ("bkd") and VanillaKD's eq. 3 ("bkl"),
-against the formulas by hand."""
+against the formulas by hand; by default at the scale of VanillaKD's released loss (mean over
+classes), eq. 3's sum over classes with distill.bce_reduction=sum_classes."""
 
 import math
+import runpy
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from scalekd.distill import create_distiller
 from scalekd.distill.bkd import binary_kd_loss
@@ -20,8 +24,9 @@ def softmax(row, t):
     return [x / sum(e) for x in e]
 
 
-def hand(temp, kind):
-    """Summed over classes, averaged over the batch, times T^2; eq. 3 written as printed."""
+def hand(temp, kind, sum_classes=True):
+    """Summed (or averaged) over classes, averaged over the batch, times T^2; eq. 3 written as
+    printed."""
     total = 0.0
     for s_row, t_row in zip(S.tolist(), T.tolist()):
         for s, p in zip(s_row, softmax(t_row, temp)):
@@ -30,7 +35,7 @@ def hand(temp, kind):
                 total += -(p * math.log(q) + (1 - p) * math.log(1 - q))
             else:
                 total += -p * math.log(q / p) - (1 - p) * math.log((1 - q) / (1 - p))
-    return total / len(S) * temp**2
+    return total / len(S) * temp**2 / (1 if sum_classes else S.shape[1])
 
 
 def distiller(method, *overrides):
@@ -64,14 +69,39 @@ def test_teacher_ruling_a_class_out_keeps_bkl_finite():
 
 
 @pytest.mark.parametrize("method, term", [("bkd", "bce_kd"), ("bkl", "bkl")])
-def test_distiller_terms_and_weights(method, term):
-    d = distiller(method, "distill.hard_loss=ce", "distill.temperature=2")
+@pytest.mark.parametrize("reduction", ["mean", "sum_classes"])
+def test_distiller_terms_and_weights(method, term, reduction):
+    summed = reduction == "sum_classes"
+    d = distiller(method, "distill.hard_loss=ce", "distill.temperature=2",
+                  f"distill.bce_reduction={reduction}")
     terms = d(S, TeacherOutput(T), torch.tensor([0, 2]))
     assert set(terms) == {"hard", term}
-    assert terms[term].item() == pytest.approx(hand(2.0, term), rel=1e-5)
+    assert terms[term].item() == pytest.approx(hand(2.0, term, summed), rel=1e-5)
     assert d.total(terms).item() == pytest.approx(
-        0.5 * terms["hard"].item() + 0.5 * hand(2.0, term), rel=1e-5)
-    d = distiller(method, "distill.hard_loss=none", f"distill.weights.{term}=2")
+        0.5 * terms["hard"].item() + 0.5 * hand(2.0, term, summed), rel=1e-5)
+    d = distiller(method, "distill.hard_loss=none", f"distill.weights.{term}=2",
+                  f"distill.bce_reduction={reduction}")
     terms = d(S, TeacherOutput(T), torch.tensor([0, 2]))  # Table 4's "-": no label loss
     assert set(terms) == {term}
-    assert d.total(terms).item() == pytest.approx(2 * hand(1.0, term), rel=1e-5)
+    assert d.total(terms).item() == pytest.approx(2 * hand(1.0, term, summed), rel=1e-5)
+
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@pytest.mark.parametrize("recipe_file", ["in1k_a1.py", "in1k_a2.py"])
+def test_a1_a2_bkd_is_vanillakds_released_loss(recipe_file):
+    """`distill.method=bkd` on A1/A2 computes VanillaKD's BinaryKLDiv (losses/bkd.py:
+    BCE-with-logits of z_s against softmax(z_t), torch's mean) with nothing divided by hand."""
+    recipe = apply_overrides(runpy.run_path(str(RECIPES / recipe_file))["recipe"](),
+                             ["distill.method=bkd", "distill.hard_loss=none"])
+    d = create_distiller(recipe, num_classes=1000)
+    torch.manual_seed(0)
+    s, t = torch.randn(4, 1000) * 3, torch.randn(4, 1000) * 3
+    released = F.binary_cross_entropy_with_logits(s, t.softmax(1))
+    assert d(s, TeacherOutput(t), torch.tensor([0, 1, 2, 3]))["bce_kd"].item() == pytest.approx(
+        released.item(), rel=1e-5)
+    summed = create_distiller(apply_overrides(recipe, ["distill.bce_reduction=sum_classes"]),
+                              num_classes=1000)  # eq. 3 as printed: 1000x
+    assert summed(s, TeacherOutput(t), torch.tensor([0, 1, 2, 3]))["bce_kd"].item() == (
+        pytest.approx(1000 * released.item(), rel=1e-5))

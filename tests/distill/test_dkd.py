@@ -113,9 +113,26 @@ def test_warmup_ramps_only_the_distillation_terms():
     d = distiller("distill.hard_loss=ce", "distill.dkd_warmup_epochs=4")
     terms = d(S, TeacherOutput(T), LABELS)
     hard, dkd = terms["hard"].item(), (terms["tckd"] + 2 * terms["nckd"]).item()
-    for epoch, ramp in [(0.0, 0.0), (1.0, 0.25), (3.0, 0.75), (4.0, 1.0), (250.5, 1.0)]:
+    # per epoch, 1-based: 1/4 through the first epoch, 2/4 through the second, ...
+    for epoch, ramp in [(0.0, 0.25), (0.99, 0.25), (1.0, 0.5), (3.0, 1.0), (250.5, 1.0)]:
         d.set_epoch(epoch)
         assert d.total(terms).item() == pytest.approx(hard + ramp * dkd, rel=1e-6)
         assert d(S, TeacherOutput(T), LABELS)["tckd"].item() == terms["tckd"].item()
     off = distiller("distill.hard_loss=ce")  # default: no ramp, from the first step
     assert off.total(terms).item() == pytest.approx(hard + dkd, rel=1e-6)
+
+
+def test_warmup_gives_mdistillers_factor_at_every_optimiser_step():
+    """mdistiller (mdistiller/engine/trainer.py: `epoch = 1`, then +1 after each epoch; every
+    step of it calls the distiller with that epoch; distillers/DKD.py line 72:
+    min(epoch / warmup, 1)) against what our trainer passes: set_epoch(steps done / steps
+    per epoch) before each step."""
+    warmup, steps_per_epoch = 20, 7
+    d = distiller("distill.dkd_warmup_epochs=20")
+    terms = {"tckd": torch.tensor(1.0), "nckd": torch.tensor(0.0)}
+    mdistiller_step = 0
+    for epoch in range(1, 26):
+        for _ in range(steps_per_epoch):
+            d.set_epoch(mdistiller_step / steps_per_epoch)
+            assert d.total(terms).item() == pytest.approx(min(epoch / warmup, 1.0), rel=1e-7)
+            mdistiller_step += 1

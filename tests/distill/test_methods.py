@@ -34,6 +34,34 @@ def test_hard_term(method, kind, targets):
     assert all(torch.isfinite(v) for v in terms.values())
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("targets", [torch.tensor([0, 3, -1]),
+                                     torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.0, 0.0, 0.4, 0.6],
+                                                   [0.1, 0.2, 0.3, 0.4]])],
+                         ids=["labels+unlabelled", "mixup"])
+def test_label_loss_reductions(smoothing, targets):
+    """bce with distill.bce_reduction=sum_classes is mmcls's CrossEntropyLoss(use_sigmoid=True)
+    with avg_factor=batch (ScaleKD's label loss): summed over classes, / batch, C x timm's mean;
+    ce is the per-image cross-entropy against (1 - eps) one-hot + eps / C, batch mean (timm's
+    and mmcls's 'original' label smoothing alike). Unlabelled images (-1) add nothing."""
+    s = torch.cat([S, torch.tensor([[1.0, 0.0, -2.0, 0.5]])])
+    labelled = targets >= 0 if targets.ndim == 1 else torch.ones(3, dtype=torch.bool)
+    probs = (targets if targets.ndim == 2 else
+             F.one_hot(targets.clamp(min=0), 4).float() * (1 - smoothing) + smoothing / 4)
+    per_class = F.binary_cross_entropy_with_logits(s, probs, reduction="none")
+    mmcls = (per_class.sum(-1) * labelled).sum() / 3  # loss.sum() / avg_factor, the batch
+    ce = (-(probs * s.log_softmax(-1)).sum(-1) * labelled).sum() / 3
+
+    def hard(*overrides):
+        d = distiller("kd", f"aug.smoothing={smoothing}", *overrides)
+        return d(s, TeacherOutput(torch.cat([T, T[:1]])), targets)["hard"].item()
+
+    assert hard("distill.hard_loss=bce", "distill.bce_reduction=sum_classes") == pytest.approx(
+        mmcls.item(), rel=1e-5)
+    assert hard("distill.hard_loss=bce") == pytest.approx(mmcls.item() / 4, rel=1e-5)
+    assert hard("distill.hard_loss=ce") == pytest.approx(ce.item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_gradients_finite_under_bf16_autocast(method):
     torch.manual_seed(0)
@@ -58,5 +86,7 @@ def test_weights_must_name_the_methods_terms(method):
         return str(err.value)
 
     assert f"not terms of '{method}'" in problems("distill.weights.crd=1")
+    assert "distill.bce_reduction='sum' must be mean or sum_classes" in problems(
+        "distill.bce_reduction=sum")
     own = next(iter(set(distiller(method).loss_terms) - {"hard"}))
     assert "not terms of" not in problems(f"distill.weights.{own}=2")

@@ -15,8 +15,8 @@ SIZE = 64  # the students' resolution: a 2x2 map at 1/32
 STUDENTS = {
     "resnet18d": {},  # ResNet-D, BatchNorm
     "mobilenetv3_small_050": {},
-    "convnextv2_atto": {},  # LayerNorm2d CAPs
-    "swin_tiny_patch4_window7_224": SWIN,  # NHWC maps
+    "convnextv2_atto": {},
+    "swin_tiny_patch4_window7_224": SWIN,  # NHWC maps, LayerNorm2d CAPs
     "vit_tiny_patch16_224": {"img_size": 64, "depth": 4},  # tokens with a class token
     "mixer_s16_224": {"img_size": 64},  # tokens without prefix
 }
@@ -118,7 +118,21 @@ def test_heads_follow_the_authors_and_fit_the_width():
     _, _, _, convnext = build_student(scalekd_recipe("convnextv2_atto"), 10, 1,
                                       teacher.enable_features(True, "cpu"))
     assert (convnext.caps["spatial_s3"].heads, convnext.caps["spatial_s4"].heads) == (8, 16)
-    assert not isinstance(convnext.caps["spatial_s3"].embed[1], torch.nn.BatchNorm2d)
+
+
+def test_cap_norm_is_the_authors_per_student_and_a_choice():
+    """BatchNorm for ConvNeXt (and every non-Swin student), LayerNorm2d for Swin students."""
+    teacher = make_teacher("vit_tiny_patch16_224")
+    shapes = teacher.enable_features(True, "cpu")
+
+    def norm_of(student, *extra):
+        *_, distiller = build_student(scalekd_recipe(student, *extra), 10, 1, shapes)
+        return type(distiller.caps["spatial_s3"].embed[1]).__name__
+
+    assert norm_of("convnextv2_atto") == "BatchNorm2d"
+    assert norm_of("vit_tiny_patch16_224") == "BatchNorm2d"
+    assert norm_of("swin_tiny_patch4_window7_224") == "LayerNorm2d"
+    assert norm_of("convnextv2_atto", "distill.cap_norm=layernorm") == "LayerNorm2d"
 
 
 def test_bf16_teacher_gives_finite_gradients():
@@ -127,3 +141,29 @@ def test_bf16_teacher_gives_finite_gradients():
         model, terms = one_step("convnextv2_atto", teacher)
     assert all(torch.isfinite(v) for v in terms.values())
     assert all(torch.isfinite(p.grad).all() for p in model.distiller.parameters())
+
+
+def test_proxy_depth_is_a_choice_in_teacher_blocks():
+    """distill.tpp_blocks=2: the proxy runs an isotropic teacher's last 2 blocks (the authors'
+    EVA-L proxy) and still rebuilds its output; a hierarchical teacher's proxy is its last stage,
+    and a depth that stage does not have is refused."""
+    import timm
+
+    from scalekd.models.teacher import FrozenTeacher
+
+    torch.manual_seed(1)
+    eva = timm.create_model("eva_large_patch14_196", num_classes=10, img_size=56, depth=8,
+                            embed_dim=64, num_heads=2)
+    teacher = FrozenTeacher(eva, eva.pretrained_cfg["mean"], eva.pretrained_cfg["std"],
+                            eva.pretrained_cfg["mean"], eva.pretrained_cfg["std"], 56,
+                            torch.float32)
+    teacher.enable_features(True, "cpu", proxy_blocks=2)  # checks the proxy rebuilds the output
+    assert [n for n, _ in teacher.stages.remaining] == ["blocks.6", "blocks.7"]
+    teacher.enable_features(True, "cpu")  # 0: the last quarter
+    assert [n for n, _ in teacher.stages.remaining] == ["blocks.6", "blocks.7"]
+    teacher.enable_features(True, "cpu", proxy_blocks=3)
+    assert [n for n, _ in teacher.stages.remaining] == ["blocks.5", "blocks.6", "blocks.7"]
+    swin = make_teacher("swin_tiny_patch4_window7_224")  # last stage: 1 block here
+    swin.enable_features(True, "cpu", proxy_blocks=1)
+    with pytest.raises(ValueError, match="distill.tpp_blocks=2: the proxy path of a hier"):
+        swin.enable_features(True, "cpu", proxy_blocks=2)

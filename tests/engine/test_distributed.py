@@ -171,3 +171,35 @@ def test_evaluation_matches_one_process(runs, name):
 def test_sharded_teacher_evaluates_as_a_whole_one(runs):
     assert scalars(runs["zero3_teacher"])["teacher/top1"] == scalars(runs["single"])[
         "teacher/top1"]
+
+
+@pytest.mark.parametrize("name", ["ddp", "zero3"])
+def test_the_marker_checksums_every_file_of_every_rank(runs, name):
+    """Each rank's own files (its RNG state; under ZeRO-3 its model and optimiser shards) are in
+    the checkpoint's marker with their size and checksum, and a damaged shard of rank 1 makes
+    resume fall back to the checkpoint before, saying which file."""
+    import warnings
+
+    from scalekd.engine.checkpoint import MARKER, Checkpoints
+
+    folder = runs[name] / "checkpoints"
+    latest = Checkpoints(folder, keep=3).latest()
+    marker = json.loads((latest / MARKER).read_text())
+    on_disk = sorted(str(p.relative_to(latest)) for p in latest.rglob("*")
+                     if p.is_file() and p.name != MARKER)
+    assert sorted(marker["files"]) == on_disk
+    assert all(set(entry) == {"size", "crc32"} for entry in marker["files"].values())
+    rank1 = [f for f in on_disk if "rank_1" in f or f == "random_states_1.pkl"]
+    assert rank1 == (["random_states_1.pkl"] if name == "ddp" else [
+        "pytorch_model/zero_pp_rank_1_mp_rank_00_model_states.pt",
+        "pytorch_model/zero_pp_rank_1_mp_rank_00_optim_states.pt", "random_states_1.pkl"])
+    damaged = latest / rank1[0]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        fallback = Checkpoints(folder, keep=3).latest()
+    assert fallback.name < latest.name
+    assert f"{latest}: files do not match their crc32 checksum in COMPLETE" in str(
+        warned[0].message) and rank1[0] in str(warned[0].message)

@@ -2,8 +2,9 @@
 student an uninterrupted run ends with, bit for bit; only complete checkpoints are left, at most
 checkpoint.keep of them; and the resume reads every pickled file with weights_only=True.
 
-One process (with a data-loader worker process, so resume goes through real workers) and two
-processes under ZeRO-3 (sharded student and optimiser state, DeepSpeed's checkpoint files). The
+One process and two processes under ZeRO-3 (sharded student and optimiser state, DeepSpeed's
+checkpoint files), both with a student that draws random numbers (drop path) and a data-loader
+worker process (helpers.runs.STOCHASTIC), as real recipes have. The
 kill comes a random short delay after a randomly chosen checkpoint appears, so it may land in a
 training step, an evaluation or in the middle of writing the next checkpoint. Set
 SCALEKD_TEST_SEED to replay a failing choice.
@@ -19,25 +20,28 @@ import time
 
 import pytest
 
-from helpers.runs import (checkpoint_problems, complete_checkpoints, exported, free_port,
+from helpers.runs import (STOCHASTIC, checkpoint_problems, complete_checkpoints, exported, free_port,
                           kill_group, launch_command, run, single_command, start, tail,
                           wait_group_gone)
 
 pytestmark = pytest.mark.slow
 
 KEEP = 2
-EVERY = 2
+# not a divisor of the 4 steps an epoch: most checkpoints lie inside an epoch, where a resumed
+# job's loader starts mid-epoch (a checkpoint at an epoch's end resumed exactly even with the
+# loaders' seed drawn from the student's RNG, because the evaluation there made the same draw)
+EVERY = 3
 STEPS = 20  # 64 images / batch 16 x 5 epochs
 RUN_TIMEOUT = 600
 
 
-def resume_overrides(tiny_run, run_dir, workers: int) -> list[str]:
+def resume_overrides(tiny_run, run_dir) -> list[str]:
     return tiny_run(run_dir, "run.epochs=5", f"checkpoint.every_steps={EVERY}",
-                    f"checkpoint.keep={KEEP}", f"data.workers={workers}")
+                    f"checkpoint.keep={KEEP}", *STOCHASTIC)
 
 
 def kill_after_checkpoint(cmd, run_dir, log, rng: random.Random) -> dict:
-    """Start `cmd`, wait for the checkpoint of a randomly chosen step (4 to 12 of 20), then for a
+    """Start `cmd`, wait for the checkpoint of a randomly chosen step (6, 9 or 12 of 20), then for a
     random part of the shortest time seen between two checkpoints (so the kill lands in one of
     the next steps, an evaluation or the next checkpoint's write, however fast or loaded the
     machine is), and SIGKILL the whole process group (launcher, ranks, data-loader workers)."""
@@ -75,9 +79,9 @@ def test_sigkill_and_restart_is_bit_exact(tmp_path, tiny_run, mode):
 
     def launch(run_dir):
         if mode == "single":
-            return single_command(resume_overrides(tiny_run, run_dir, workers=1))
-        return launch_command(resume_overrides(tiny_run, run_dir, workers=0)
-                              + ["dist.zero_stage=3"], deepspeed=True, port=port)
+            return single_command(resume_overrides(tiny_run, run_dir))
+        return launch_command(resume_overrides(tiny_run, run_dir) + ["dist.zero_stage=3"],
+                              deepspeed=True, port=port)
 
     times = {}
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"

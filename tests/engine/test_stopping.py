@@ -1,6 +1,6 @@
 """Jobs that end early and cleanly: after steps_per_job, before a time budget, on SIGUSR1 sent to
 rank 0 only; each checkpoints at a step boundary, and the next job ends with the weights of an
-uninterrupted run."""
+uninterrupted run, for a student with drop path and a loader worker (helpers.runs.STOCHASTIC)."""
 
 import os
 import signal
@@ -9,11 +9,12 @@ import time
 
 import pytest
 
-from helpers.runs import (exported, launch_command, scalars, start, subprocess_env, tail,
-                          train_in_process)
+from helpers.runs import (STOCHASTIC, exported, group_members, launch_command, scalars,
+                          single_command, start, subprocess_env, tail, train_in_process,
+                          wait_group_gone)
 from scalekd.engine.trainer import FINISHED
 
-EPOCHS = ["run.epochs=6", "run.log_every=1"]  # 24 steps of the tiny run
+EPOCHS = ["run.epochs=6", "run.log_every=1", *STOCHASTIC]  # 24 steps of the tiny run
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_time_budget_stops_before_the_limit(whole, tmp_path, tiny_run, monkeypat
 def test_usr1_to_rank0_stops_every_rank_at_one_step(tmp_path, tiny_run):
     """Two DDP processes; only rank 0 gets the signal. Both stop after the same step (neither
     is left in a collective), checkpoint, exit 0; the resumed job ends as an uninterrupted one."""
-    long = ["run.epochs=40", "run.log_every=1", "checkpoint.every_epochs=1000"]
+    long = ["run.epochs=40", "run.log_every=1", "checkpoint.every_epochs=1000", *STOCHASTIC]
     cut = tmp_path / "cut"
     proc = start(launch_command(tiny_run(cut, *long), deepspeed=False), tmp_path / "cut.log")
     pid_file, deadline = cut / "trainer.pid", time.monotonic() + 300
@@ -89,6 +90,32 @@ def test_usr1_to_rank0_stops_every_rank_at_one_step(tmp_path, tiny_run):
     assert_same_export(cut, whole)
 
 
+@pytest.mark.multiprocess
+def test_sigterm_to_the_process_group_with_loader_workers_checkpoints(tmp_path, tiny_run):
+    """`kill -- -PGID` (systemd, Slurm's preemption and time limit) signals the loader workers
+    too: they leave it to the trainer, which checkpoints and exits 0; the rerun resumes there."""
+    long = ["run.epochs=40", "run.log_every=1", "checkpoint.every_epochs=1000",
+            "data.workers=1"]  # the training loader's worker, and the evaluation's every epoch
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    proc = start(single_command(tiny_run(run_dir, *long)), log)
+    deadline = time.monotonic() + 300
+    while not scalars_or_empty(run_dir).get("loss/total", {}).get(10):
+        assert proc.poll() is None and time.monotonic() < deadline, tail(log)
+        time.sleep(0.2)
+    assert len(group_members(proc.pid)) >= 2, "no loader worker to signal"
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, tail(log)
+    wait_group_gone(proc.pid)  # no worker left behind
+    out = tail(log, 10**6)
+    assert "killed by signal" not in out and "received SIGTERM" in out, out
+    stopped = sorted((run_dir / "checkpoints").glob("step_*"))
+    assert len(stopped) == 1 and not (run_dir / FINISHED).exists(), out
+    step = int(stopped[0].name.split("_")[1])
+    assert f"stopping at step {step} of 160 (received SIGTERM)" in out, out
+    again = train_in_process(tiny_run(run_dir, *long, "run.steps_per_job=1"))
+    assert again.steps == step + 1
+
+
 def scalars_or_empty(run_dir) -> dict:
     try:
         return scalars(run_dir)
@@ -106,7 +133,7 @@ def test_4800_epochs_in_40_jobs_end_as_one_run(tmp_path, tiny_run):
             "student.kwargs={'img_size':16,'patch_size':8,'depth':1,'embed_dim':32,'num_heads':1}",
             "distill.method=supervised", "distill.weights={}", "run.epochs=4800",
             "run.log_every=400", "eval.every_epochs=1200", "checkpoint.every_epochs=4800",
-            "eval.teacher=false"]
+            "eval.teacher=false", *STOCHASTIC]
     whole = train_in_process(tiny_run(tmp_path / "whole", *long))
     assert whole.steps == 4800
     run_dir, jobs = tmp_path / "jobs", 0

@@ -4,11 +4,14 @@ process, how many parameter elements the student engine and the teacher engine h
 (`ds_tensor`, the ZeRO-3 shard) against the full count (`ds_numel`), in
 RUN_DIR/sharding/rank{R}.json; and it records every torch.load call (file, weights_only) in
 RUN_DIR/loads/rank{R}.json when the run ends, so a test can check how a resume read its
-checkpoint. Training itself is the library's, untouched."""
+checkpoint. With SCALEKD_TEST_NONFINITE=STEP:RANK:TERM, loss term TERM of the recipe's student
+turns NaN at optimiser step STEP on rank RANK (the only seam into training itself: a divergence
+injected on one rank)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import torch
@@ -46,7 +49,8 @@ def main(argv: list[str]) -> None:
             model = prepared[0] if isinstance(prepared, tuple) else prepared
             record.update(rank=accelerator.process_index, world=accelerator.num_processes,
                           distributed_type=str(accelerator.distributed_type),
-                          engine=type(model).__name__, student=param_counts(model))
+                          engine=type(model).__name__, student=param_counts(model),
+                          zero_stage=getattr(model, "zero_optimization_stage", lambda: None)())
             _write(recipe, record)
             return prepared
 
@@ -67,14 +71,33 @@ def main(argv: list[str]) -> None:
         loads.append({"file": str(f), "weights_only": kwargs.get("weights_only", "default")})
         return torch_load(f, *args, **kwargs)
 
+    if os.environ.get("SCALEKD_TEST_NONFINITE"):
+        inject_nonfinite(*os.environ["SCALEKD_TEST_NONFINITE"].split(":"))
     trainer.build_accelerator = recording_build_accelerator
     trainer.shard_teacher = recording_shard_teacher
     torch.load = recording_load
-    result = run_recipe(Recipe(), argv)
+    result = run_recipe(Recipe(), argv, exit_when_stopped=False)  # records a stopped run too
     folder = result.run_dir / "loads"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"rank{record['rank']}.json").write_text(json.dumps(loads, indent=2))
     print(f"distributed_run: done, {result.steps} steps, {result.metrics}", flush=True)
+
+
+def inject_nonfinite(step: str, rank: str, term: str) -> None:
+    """Term `term` of every student becomes NaN in optimiser step `step` (1-based; one
+    micro-batch a step) on process `rank`."""
+    from scalekd.distill.base import Distiller
+
+    total, calls = Distiller.total, {}
+
+    def total_with_nan(self, terms):
+        calls[id(self)] = calls.get(id(self), 0) + 1
+        here = int(os.environ.get("RANK", "0")) == int(rank)
+        if here and calls[id(self)] == int(step):
+            terms[term] = terms[term] * float("nan")  # the dict the trainer checks
+        return total(self, terms)
+
+    Distiller.total = total_with_nan
 
 
 def _write(recipe, record: dict) -> None:

@@ -18,6 +18,10 @@ RUN_SCRIPT = Path(__file__).with_name("distributed_run.py")
 # The student and teacher of every tiny run: a 2-block ViT on 32x32 images (LayerNorm, no
 # BatchNorm, so losses do not depend on how a batch is split over processes).
 TINY_VIT = "{'img_size':32,'patch_size':8,'depth':2}"
+# What exact-resume tests add: a student with randomness of its own (drop path) and a loader
+# worker process, as every real recipe has; a student without randomness, or a loader without
+# workers, hides a shifted random stream (issue 18)
+STOCHASTIC = ("student.drop_path=0.1", "data.workers=1")
 
 
 def tiny_overrides(run_dir, teacher_checkpoint, *extra: str) -> list[str]:
@@ -177,12 +181,24 @@ def exported(run_dir: Path, stem: str = "student") -> dict:
 
 
 def checkpoint_problems(run_dir: Path, keep: int) -> list[str]:
-    """What is wrong with a run's checkpoints folder: incomplete or leftover entries, or more
-    than `keep` checkpoints."""
+    """What is wrong with a run's checkpoints folder: incomplete, damaged (a file not matching
+    its size or checksum in the marker) or leftover entries, or more than `keep` checkpoints."""
+    import json
+
+    from scalekd.engine.checkpoint import Checkpoints, DamagedCheckpoint
+
     folder = Path(run_dir) / "checkpoints"
     entries = sorted(folder.iterdir()) if folder.is_dir() else []
     problems = [f"{p.name} is not a complete checkpoint" for p in entries
                 if not (p.name.startswith("step_") and (p / "COMPLETE").is_file())]
+    for path in entries:
+        if path.name.startswith("step_") and (path / "COMPLETE").is_file():
+            if "files" not in json.loads((path / "COMPLETE").read_text() or "{}"):
+                problems.append(f"{path.name}: its marker has no checksums")
+            try:
+                Checkpoints.check(path)
+            except DamagedCheckpoint as err:
+                problems.append(str(err))
     if len(entries) > keep:
         problems.append(f"{len(entries)} checkpoints, more than checkpoint.keep={keep}: "
                         f"{[p.name for p in entries]}")

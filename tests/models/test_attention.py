@@ -36,16 +36,34 @@ def test_sdpa_teacher_equals_eager(name):
     torch.testing.assert_close(sdpa(x).logits, eager(x).logits, rtol=1e-4, atol=1e-4)
 
 
+def xformers_bias_problems(bias: torch.Tensor) -> list[str]:
+    """Why xformers' memory-efficient kernel would refuse a tensor `attn_bias` (xformers 0.0.35):
+    fmha's `_check_bias_alignment` wants every stride but the last a multiple of 128 bits'
+    worth of elements and the last stride 0 or 1; the CUTLASS kernel's CHECK_ALIGNED_PTR wants
+    the data 16-byte aligned."""
+    alignment = 128 // torch.finfo(bias.dtype).bits
+    problems = [f"attn_bias.stride({d}) % {alignment} != 0 ({bias.stride()})"
+                for d in range(bias.ndim - 1) if bias.stride(d) % alignment]
+    if bias.stride(-1) > 1:
+        problems.append(f"attn_bias.stride(-1) > 1 ({bias.stride()})")
+    if bias.data_ptr() % 16:
+        problems.append(f"attn_bias data at {bias.data_ptr()} is not 16-byte aligned")
+    return problems
+
+
 @pytest.fixture
 def stand_in_xformers(monkeypatch):
     """An `xformers.ops` whose kernel is torch's math attention on xformers' (B, N, H, D)
-    layout, and a device check that lets it run on CPU: records every call."""
+    layout, refusing what real xformers refuses, and a device check that lets it run on CPU:
+    records every call."""
     calls = []
 
     def memory_efficient_attention(q, k, v, attn_bias=None, p=0.0, scale=None):
         assert q.dim() == 4 and q.shape[2] == k.shape[2]  # (B, N, H, D): heads third
         if attn_bias is not None:
             assert attn_bias.shape == (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+            assert attn_bias.dtype == q.dtype
+            assert not xformers_bias_problems(attn_bias)
         calls.append(tuple(q.shape))
         out = torch.nn.functional.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias, p, scale=scale)
@@ -113,6 +131,25 @@ def test_cap_attention_backends_agree(stand_in_xformers):
     torch.testing.assert_close(outputs["eager"], outputs["sdpa"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(outputs["xformers"], outputs["sdpa"], rtol=1e-5, atol=1e-5)
     assert stand_in_xformers
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("batch", [1, 2])  # a bias shared by the batch, and one per image
+def test_xformers_bias_of_197_tokens_is_laid_out_as_xformers_demands(stand_in_xformers, dtype,
+                                                                     batch):
+    # BEiT at 224 px: 197 tokens, a relative position bias per head, shared by the batch
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 197, 16, generator=g).to(dtype) for _ in range(3))
+    rel_pos = torch.randn(batch, 4, 197, 197, generator=g).to(dtype)
+    assert xformers_bias_problems(rel_pos.expand(2, 4, 197, 197))  # what timm hands over
+    bias = attention.xformers_bias(rel_pos, q, k)
+    assert not xformers_bias_problems(bias)
+    assert torch.equal(bias, rel_pos.expand(2, 4, 197, 197))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, rel_pos)
+    torch.testing.assert_close(attention.attend(q, k, v, rel_pos, backend="xformers"), want,
+                               rtol=2e-2 if dtype == torch.bfloat16 else 1e-5,
+                               atol=2e-2 if dtype == torch.bfloat16 else 1e-5)
+    assert stand_in_xformers == [(2, 197, 4, 16)]
 
 
 def test_xformers_turns_a_boolean_mask_into_a_bias(stand_in_xformers):

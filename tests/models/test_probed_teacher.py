@@ -7,8 +7,8 @@ from safetensors.torch import load_file
 
 from helpers.probes import probe_overrides
 from helpers.runs import TINY_VIT
-from scalekd.models.probe import HEAD_FILE, make_head, probe_features
-from scalekd.models.teacher import create_teacher
+from scalekd.models.probe import HEAD_FILE, ProbedModel, make_head, probe_features
+from scalekd.models.teacher import create_teacher, freeze_teacher
 from scalekd.probe import probe
 from scalekd.recipe import Recipe, RecipeError, apply_overrides, validate
 
@@ -110,7 +110,6 @@ def test_mismatched_probe_folders_are_refused_before_compute(probe_dir, tiny_tea
         "predicts 10 classes, the data has 5": ["data.classes=(0,1,2,3,4)"],
         "computed the teacher's features at 32 px, this run feeds it 64 px": [
             "data.input_size=64"],
-        "teacher.probe serves logit methods": ["distill.method=scalekd"],
     }
     for message, overrides in cases.items():
         with pytest.raises(RecipeError) as err:
@@ -122,3 +121,39 @@ def test_class_count_is_checked_on_data_read_at_run_time(probe_dir, tiny_teacher
     recipe = kd_recipe(probe_dir, tiny_teacher)
     with pytest.raises(ValueError, match="predicts 10 classes, the data has 7"):
         create_teacher(recipe.teacher, 7, (0.5,) * 3, (0.25,) * 3, 32)
+
+
+# DINOv2's architecture, tiny: patch 14 on 56 px (a 4x4 grid), 4 blocks (the proxy path: the last)
+DINOV2_TINY = {"img_size": 56, "depth": 4, "embed_dim": 32, "num_heads": 2}
+
+
+@pytest.mark.parametrize("name", ["vit_giant_patch14_dinov2", "vit_giant_patch14_reg4_dinov2"])
+def test_probed_teacher_serves_feature_methods(name):
+    """Encoder + head as a ScaleKD teacher: logits from the head, the final and split maps from
+    the encoder's patch tokens (class and register tokens left out), and a proxy path through
+    its last block and final norm that rebuilds its final map."""
+    torch.manual_seed(0)
+    encoder = timm.create_model(name, num_classes=0, **DINOV2_TINY).eval()
+    head = make_head("linear", 32 * 3, 10, 0)
+    teacher = freeze_teacher(ProbedModel(encoder, head, 2, True), apply_overrides(
+        Recipe(), [f"teacher.name={name}", "teacher.dtype=fp32"]).teacher, (0.5,) * 3,
+        (0.25,) * 3, 56)
+    shapes = teacher.enable_features(True, torch.device("cpu"))  # checks the proxy path
+    assert shapes == {"split": (32, 4, 4), "final": (32, 4, 4)}
+    x = torch.randn(2, 3, 56, 56)
+    out = teacher(x)
+    x_t = teacher.prepare_input(x)
+    with torch.no_grad():
+        tokens = encoder.forward_features(x_t)
+        split = encoder.forward_intermediates(x_t, indices=[2], intermediates_only=True)[0]
+        logits = head(probe_features(encoder, x_t, 2, True))
+    assert encoder.num_prefix_tokens == (5 if "reg4" in name else 1)
+    patches = tokens[:, encoder.num_prefix_tokens:].transpose(1, 2).reshape(2, 32, 4, 4)
+    assert torch.allclose(out.features["final"], patches, atol=1e-5)
+    assert torch.allclose(out.features["split"], split, atol=1e-5)
+    assert torch.allclose(out.logits, logits, atol=1e-5)
+    assert torch.allclose(out.proxy(out.features["split"]), out.features["final"], atol=1e-4)
+
+
+def test_feature_methods_take_a_probed_teacher(probe_dir, tiny_teacher):
+    validate(kd_recipe(probe_dir, tiny_teacher, "distill.method=scalekd"))
