@@ -87,4 +87,3 @@ def test_channels_last_under_zero_is_refused(stage):
     except RecipeError as ddp:
         problems = ddp.problems
     assert not any("channels_last" in p for p in problems)
-
