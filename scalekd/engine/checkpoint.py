@@ -365,7 +365,8 @@ def _has_checksums(path: Path) -> bool:
 def _problem(path: Path, checksums: bool) -> Optional[str]:
     """Why the checkpoint folder `path` cannot be trusted, or None. Markers come in three
     forms: {"checksum", "files": {name: {size, checksum}}} (verified in full when `checksums`),
-    {name: size} (older: sizes only) and empty (oldest: trusted as it was then)."""
+    {name: size} (older: sizes only) and empty (oldest: trusted as it was then). With
+    `checksums`, the processes' random states must load too (_rng_problem)."""
     if not (path / MARKER).is_file():
         return f"it has no {MARKER} marker"
     try:
@@ -373,7 +374,7 @@ def _problem(path: Path, checksums: bool) -> Optional[str]:
     except (OSError, ValueError) as err:
         return f"its {MARKER} marker is unreadable ({err})"
     if listed == "":  # written before markers listed files: trusted as it was then
-        return _rng_problem(path)
+        return _rng_problem(path) if checksums else None
     if not isinstance(listed, dict) or not listed:
         return f"its {MARKER} marker lists no files"
     entries = listed.get("files", listed)
@@ -394,7 +395,9 @@ def _problem(path: Path, checksums: bool) -> Optional[str]:
         if damaged:
             return (f"files do not match their {CHECKSUM} checksum in {MARKER} (damaged or "
                     f"edited since written): {', '.join(damaged)}")
-    return _rng_problem(path)
+    # with the checksums (the checkpoint latest() picks): a scan of every checkpoint would
+    # unpickle every RNG file of every checkpoint
+    return _rng_problem(path) if checksums else None
 
 
 def _rng_problem(path: Path) -> Optional[str]:
