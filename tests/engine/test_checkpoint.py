@@ -481,3 +481,23 @@ def test_a_run_resumes_from_the_newest_intact_checkpoint_or_refuses(tmp_path, ti
     for step in (4, 5, 6):
         assert f"  step_00000000{step}: files do not match their crc32 checksum" in out
     assert "start from scratch with checkpoint.resume=overwrite" in out
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_a_full_disk_under_zero3_stops_every_rank(tmp_path, tiny_run, small_filesystem):
+    """Two ZeRO-3 processes, a first checkpoint (two 5.6 MB optimiser shards) that cannot fit
+    on 8 MiB: both stop with the error instead of one failing inside DeepSpeed's save while the
+    other waits in its barrier (which hung until the launcher's timeout before the room check)."""
+    from helpers.runs import launch_command, start
+
+    run_dir = small_filesystem(8) / "run"
+    proc = start(launch_command(tiny_run(run_dir, "run.epochs=1", "eval.teacher=false",
+                                         "dist.zero_stage=3"), deepspeed=True),
+                 tmp_path / "run.log")
+    code = proc.wait(timeout=600)
+    out = (tmp_path / "run.log").read_text(errors="replace")
+    assert code != 0 and out.count(f"scalekd: could not write the checkpoint of step 4 in "
+                                   f"{run_dir / 'checkpoints'}") == 2, out[-3000:]
+    assert "no space left on device: the checkpoint needs about 10.7 MiB" in out
+    assert list((run_dir / "checkpoints").iterdir()) == []
