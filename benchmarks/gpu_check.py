@@ -350,20 +350,7 @@ def main() -> int:
                 "sdpa": lambda rows: sdpa(rows, sizes, device),
                 "kd_step": lambda rows: kd_step_rows(rows, sizes, device, Path(tmp)),
                 "zero3": lambda rows: zero3(rows, sizes, device, Path(tmp))}
-        for name in args.sections:
-            print(f"\n== {name}", flush=True)
-            rows: list = []
-            t = time.perf_counter()
-            entry = {"ok": True, "rows": rows}
-            try:
-                runs[name](rows)
-            except Exception as err:
-                entry.update(ok=False, error=f"{type(err).__name__}: {err}",
-                             traceback=traceback.format_exc())
-                print(entry["traceback"], file=sys.stderr, flush=True)
-            entry["seconds"] = time.perf_counter() - t
-            report["sections"][name] = entry
-            print_table(name, entry)
+        report["sections"] = run_sections({name: runs[name] for name in args.sections})
     report["seconds"] = time.perf_counter() - started
     Path(args.out).write_text(json.dumps(report, indent=2))
     failed = [n for n, e in report["sections"].items() if not e["ok"]]
@@ -371,6 +358,27 @@ def main() -> int:
           f"{report['seconds']:.0f} s; {args.out} written"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
+
+
+def run_sections(runs: dict[str, Callable[[list], None]]) -> dict[str, dict]:
+    """Each section in turn, whatever the others did: its rows, ok, its error and traceback if
+    it raised, its seconds."""
+    out = {}
+    for name, run in runs.items():
+        print(f"\n== {name}", flush=True)
+        rows: list = []
+        t = time.perf_counter()
+        entry = {"ok": True, "rows": rows}
+        try:
+            run(rows)
+        except Exception as err:
+            entry.update(ok=False, error=f"{type(err).__name__}: {err}",
+                         traceback=traceback.format_exc())
+            print(entry["traceback"], file=sys.stderr, flush=True)
+        entry["seconds"] = time.perf_counter() - t
+        out[name] = entry
+        print_table(name, entry)
+    return out
 
 
 def print_table(name: str, entry: dict) -> None:

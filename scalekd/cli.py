@@ -12,17 +12,21 @@ from scalekd.data.beton import WRITE_MODES
 from scalekd.recipe import Recipe, RecipeError, apply_overrides
 
 
-def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None):
+def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None, *,
+               exit_when_stopped: bool = True):
     """Apply command-line overrides to `recipe` and train; a bad recipe exits with its
     problems listed (status 2) before anything is built, a run folder that cannot be written
     or resumed from (disk full, damaged checkpoints) with what is intact and what to do (1), a
-    diverged run with status 3."""
+    diverged run with status 3. A stop request (a signal, the time budget, run.steps_per_job)
+    ends the whole process (status 0) once the run has checkpointed, even one that came too
+    late to stop it: a script training several runs in a row must not go on to the next
+    (running it again resumes where it stopped)."""
     from scalekd.engine.checkpoint import RunFolderError
     from scalekd.engine.divergence import TrainingDiverged
     from scalekd.engine.trainer import train
 
     try:
-        return train(apply_overrides(recipe, sys.argv[1:] if argv is None else argv))
+        result = train(apply_overrides(recipe, sys.argv[1:] if argv is None else argv))
     except RecipeError as err:
         print(f"scalekd: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -32,6 +36,12 @@ def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None):
     except TrainingDiverged as err:
         print(f"scalekd: training diverged: {err}", file=sys.stderr)
         raise SystemExit(3) from None
+    if exit_when_stopped and (not result.finished or result.stop_requested):
+        print(f"scalekd: stopped ({result.stop_requested or 'before the end of the schedule'})"
+              f" after {result.run_dir} checkpointed; run the same command again to resume",
+              file=sys.stderr)
+        raise SystemExit(0)
+    return result
 
 
 def run_probe(recipe: Recipe, argv: Optional[list[str]] = None):

@@ -168,7 +168,8 @@ class DistillCfg:
     # 2 blocks), N must be that stage's count; 0: the last stage, or the last quarter of blocks
     tpp_blocks: int = 0
     cap_heads: tuple[int, int] = (0, 0)  # scalekd: CAP heads at stage 3, 4; 0: authors' values
-    cap_softmax_scale: float = 5.0  # scalekd: extra factor on the attention logits
+    # scalekd: extra factor on CAP's attention logits (the authors' per pair: 5, 1 or 0.2)
+    cap_softmax_scale: float = 5.0
     # scalekd: the norm after CAP's 3x3 conv: auto (the authors': layernorm for Swin students,
     # batchnorm for every other) | batchnorm | layernorm
     cap_norm: str = "auto"
@@ -197,7 +198,7 @@ class EmaCfg:
 @dataclass
 class CheckpointCfg:
     every_steps: int = 0  # 0: only at epoch ends
-    every_epochs: int = 1
+    every_epochs: int = 1  # 0: none at epoch ends (every_steps, a stop and the end still save)
     keep: int = 3
     # auto: the newest intact checkpoint of run.dir (checkpoints but none intact: refused) |
     # never (refused in a used run.dir) | overwrite (delete a previous run's outputs, then
@@ -213,7 +214,7 @@ class DistCfg:
 
 @dataclass
 class EvalCfg:
-    every_epochs: int = 1
+    every_epochs: int = 1  # 0: only the final evaluation
     teacher: bool = True  # evaluate the teacher once at the start
 
 
@@ -570,6 +571,7 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         problems.append(f"aug.interpolation={r.aug.interpolation!r} is not an interpolation; "
                         "choose bicubic, bilinear, nearest, box, hamming, lanczos or random")
 
+    problems += _value_problems(r)
     problems += _student_problems(r, world_size)
     stage = resolved_zero_stage(r)
     if stage > 0 and r.optim.name.lower() in _LAYERWISE_OPTIMIZERS:
@@ -577,6 +579,12 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
             f"optim.name={r.optim.name!r} scales each update by a per-tensor trust ratio, but "
             f"ZeRO-{stage} hands the optimiser flattened partitions, which silently changes the "
             "method: use dist.zero_stage=0 (DDP) or an element-wise optimiser such as adamw"
+        )
+    if stage > 0 and r.student.channels_last:
+        problems.append(
+            f"student.channels_last=true under ZeRO-{stage}: DeepSpeed broadcasts and flattens "
+            "the student's weights through contiguous views, which NHWC weights are not (its "
+            "engine fails at start-up); use dist.zero_stage=0 (DDP) or student.channels_last=false"
         )
     if stage > 0 and r.run.on_nonfinite == "skip":
         problems.append(
@@ -590,6 +598,55 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         )
     if problems:
         raise RecipeError(problems)
+
+
+def _value_problems(r: Recipe) -> list[str]:
+    """Values out of range for fields that the checks above do not cover (each would be a
+    traceback, or silently wrong, later); the data loader's, the optimiser's and the methods'
+    own settings are checked where those are built."""
+    from scalekd.data.loader import train_data_problems
+    from scalekd.engine.trainer import optimisation_problems
+
+    try:
+        r.run.path
+        run_dir_ok = bool(r.run.name) and bool(r.run.dir)
+    except (KeyError, IndexError, ValueError):
+        run_dir_ok = False
+    weights = r.distill.weights.values()
+    checks = [
+        (run_dir_ok, f"run.dir={r.run.dir!r} with run.name={r.run.name!r}: both must be "
+         "non-empty, and run.dir may hold only the placeholder {name}"),
+        (0 <= r.run.seed < 2**32, f"run.seed={r.run.seed} must be in [0, 2**32)"),
+        (r.run.log_every >= 1, f"run.log_every={r.run.log_every} must be >= 1 (steps between "
+         "TensorBoard writes)"),
+        (r.run.max_steps >= 0, f"run.max_steps={r.run.max_steps} must be >= 0 (0: all epochs)"),
+        (r.checkpoint.every_steps >= 0, f"checkpoint.every_steps={r.checkpoint.every_steps} "
+         "must be >= 0 (0: only at epoch ends)"),
+        (r.checkpoint.every_epochs >= 0, f"checkpoint.every_epochs="
+         f"{r.checkpoint.every_epochs} must be >= 0 (0: none at epoch ends)"),
+        (r.eval.every_epochs >= 0, f"eval.every_epochs={r.eval.every_epochs} must be >= 0 "
+         "(0: only the final evaluation)"),
+        (0 <= r.student.drop_path < 1, f"student.drop_path={r.student.drop_path} must be in "
+         "[0, 1)"),
+        (r.teacher.input_size == 0 or r.teacher.input_size >= 8,
+         f"teacher.input_size={r.teacher.input_size} must be 0 (the student's) or >= 8"),
+        (all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
+             for w in weights), f"distill.weights={r.distill.weights}: each must be a number "
+         ">= 0"),
+        (r.distill.bce_target_thresh is None or 0 <= r.distill.bce_target_thresh <= 1,
+         f"distill.bce_target_thresh={r.distill.bce_target_thresh} must be None or in [0, 1]"),
+        (r.optim.warmup_lr >= 0 and r.optim.min_lr >= 0,
+         "optim.warmup_lr and optim.min_lr must be >= 0"),
+        (r.optim.clip_grad >= 0, f"optim.clip_grad={r.optim.clip_grad} must be >= 0 (0: off)"),
+        (0 <= r.optim.momentum < 1, f"optim.momentum={r.optim.momentum} must be in [0, 1)"),
+        (r.optim.decay_epochs > 0 and 0 < r.optim.decay_rate <= 1,
+         "optim.decay_epochs must be > 0 and optim.decay_rate in (0, 1]"),
+    ]
+    problems = [msg for ok, msg in checks if not ok]
+    problems += train_data_problems(r)
+    if r.optim.lr > 0 and r.run.epochs > 0:  # reported above otherwise
+        problems += optimisation_problems(r)
+    return problems
 
 
 def _mixed_problems(r: Recipe, method, per_step: int) -> list[str]:

@@ -23,22 +23,27 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] && comma
   fi
 fi
 
+# The default path compiles C++ on first use: torch.compile's CPU backend (teacher.compile) and
+# DeepSpeed's CPU ops (ZeRO on CPU) need a C/C++ compiler and Python's headers; `python3 -m
+# venv` needs Debian's python3-venv. A minimal machine lacks them.
+missing=""
+{ command -v gcc && command -v g++; } >/dev/null || missing="gcc g++"
+"$PYTHON" -c 'import os, sysconfig; assert os.path.isfile(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null || missing="$missing python3-dev"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || missing="$missing python3-venv"
+
 pip_extras=dev
 case ",$EXTRAS," in
   *,ffcv,*)
-    # ffcv builds from source (C++, Python headers) against the system's OpenCV and
-    # libturbojpeg, and links them
-    missing=""
-    pkg-config --exists opencv4 libturbojpeg 2>/dev/null || missing="libturbojpeg0-dev libopencv-dev pkg-config"
-    command -v g++ >/dev/null || missing="$missing g++"
-    "$PYTHON" -c 'import os, sysconfig; assert os.path.isfile(sysconfig.get_paths()["include"] + "/Python.h")' 2>/dev/null || missing="$missing python3-dev"
-    if [ -n "$missing" ]; then
-      command -v apt-get >/dev/null || { echo "setup: ffcv needs $missing (or your OS's equivalents)" >&2; exit 1; }
-      # shellcheck disable=SC2086
-      apt_install $missing
-    fi
+    # ffcv builds from source (the compiler and headers above) against the system's OpenCV
+    # and libturbojpeg, and links them
+    pkg-config --exists opencv4 libturbojpeg 2>/dev/null || missing="$missing libturbojpeg0-dev libopencv-dev pkg-config"
     pip_extras=$pip_extras,ffcv ;;
 esac
+if [ -n "$missing" ]; then
+  command -v apt-get >/dev/null || { echo "setup: scalekd needs$missing (or your OS's equivalents)" >&2; exit 1; }
+  # shellcheck disable=SC2086
+  apt_install $missing
+fi
 case ",$EXTRAS," in
   *,mix,*) pip_extras=$pip_extras,mix ;;  # diffusers (pure Python) for `scalekd mix`
 esac

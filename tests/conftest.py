@@ -13,6 +13,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # `helpers` importable whatever 
 
 from helpers.runs import tiny_overrides, train_in_process, write_tiny_teacher  # noqa: E402
 
+pytest_plugins = ["helpers.ci_skips"]  # under CI, a skip fails
+
 
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory) -> Path:

@@ -2,6 +2,7 @@
 
 import pytest
 
+from helpers.runs import write_tiny_teacher
 from scalekd.recipe import (Recipe, RecipeError, apply_overrides, grad_accum_steps,
                             recipe_changes, recipe_from_dict, validate)
 
@@ -70,6 +71,8 @@ def test_valid_recipe_passes(tmp_path):
     (["distill.temperature=0"], "distill.temperature=0.0 must be > 0"),
     (["distill.weights.crd=1"], "not terms of 'kd'"),
     (["optim.name=lamb", "dist.zero_stage=3"], "per-tensor trust ratio"),
+    (["optim.name=lars", "dist.zero_stage=2"], "optim.name='lars' scales each update by a "
+                                               "per-tensor trust ratio, but ZeRO-2"),
     (["ema.decay=0.99", "dist.zero_stage=3"], "EMA would need the full student"),
     (["checkpoint.resume=/nope"], "must be auto, never, overwrite or a checkpoint folder"),
     (["students.b.data.batch_size=8"], "students.b sets ['data.batch_size'], which all students"),
@@ -125,3 +128,109 @@ def test_a_recorded_recipe_reads_back():
     recipe = apply_overrides(Recipe(), ["aug.scale=(0.35, 1.0)", "students.b.optim.lr=1e-3",
                                         "teacher.kwargs={'img_size': 32}"])
     assert recipe_from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
+
+
+# ---------------------------------------------------------------------------------------------
+# every field of the recipe with a value it cannot run with: a RecipeError naming the field,
+# before anything is built (not a traceback later, nor a silent meaning)
+
+SCALEKD = ["distill.method=scalekd", "distill.weights={}", "teacher.name=vit_tiny_patch16_224"]
+PROBE_RUN = ["teacher.name=vit_tiny_patch16_224"]  # validated by `scalekd probe`'s own check
+BAD_VALUES = {  # field -> (bad values, overrides that put it in play)
+    "run.name": ([""], []), "run.dir": (["", "runs/{nope}"], []), "run.seed": (["-1"], []),
+    "run.epochs": (["0"], []), "run.precision": (["fp8"], []), "run.log_every": (["0"], []),
+    "run.max_steps": (["-1"], []), "run.time_budget_s": (["-1"], []),
+    "run.steps_per_job": (["-1"], []),
+    "data.source": (["webdataset"], []), "data.path": (["/nope"], ["data.source=imagefolder"]),
+    "data.train_split": (["", "val"], []), "data.val_split": (["", "train"], []),
+    "data.batch_size": (["0", "-16"], []), "data.grad_accum": (["0"], []),
+    "data.device_batch": (["-1"], []), "data.eval_batch_size": (["-1"], []),
+    "data.workers": (["-1"], []), "data.input_size": (["4"], []),
+    "data.labels_per_class": (["-3"], []), "data.classes": (["(-1,)", "(3,3)", "(10,)"], []),
+    "data.num_samples": (["0"], []), "data.mixed": (["/nope"], []),
+    "data.bad_files": (["ignore"], []), "data.augment_workers": (["-2"], []),
+    "aug.scale": (["(0.5,0.1)", "(0,1)", "(0.5,)", "(0.5,2)"], []),
+    "aug.ratio": (["(2,1)", "(0,1)"], []), "aug.hflip": (["1.5", "-0.5"], []),
+    "aug.color_jitter": (["-0.4"], []), "aug.auto_augment": (["autoaugment-v9"], []),
+    "aug.re_prob": (["2"], []), "aug.repeated_aug": (["0"], []), "aug.mixup": (["-1"], []),
+    "aug.cutmix": (["-1"], []), "aug.smoothing": (["1", "-0.1"], []),
+    "aug.interpolation": (["cubic"], []), "aug.crop_pct": (["0", "1.5"], []),
+    "student.name": (["resnet5O"], []), "student.checkpoint": (["/nope.safetensors"], []),
+    "student.drop_path": (["1.5", "-0.1"], []),
+    "teacher.name": (["beit_huge_nope", ""], []), "teacher.checkpoint": (["/nope"], []),
+    "teacher.input_size": (["4", "-1"], []), "teacher.dtype": (["fp16"], []),
+    "teacher.attention": (["flash"], []), "teacher.placement": (["zero4"], []),
+    "teacher.compile": (["true"], ["teacher.placement=zero3"]),
+    "teacher.probe": (["/nope"], []), "teacher.mode": (["offline"], []),
+    "teacher.cache": (["", "/nope"], ["teacher.mode=cached"]),
+    "distill.method": (["crd"], []), "distill.temperature": (["0", "-1"], []),
+    "distill.hard_loss": (["mse"], []), "distill.bce_target_thresh": (["1.5"], []),
+    "distill.weights": (["{'kd':-1}", "{'kd':'high'}", "{'crd':1}"], []),
+    "distill.dkd_warmup_epochs": (["-1"], ["distill.method=dkd"]),
+    "distill.dfm_weight": (["-0.1"], SCALEKD), "distill.dfm_beta": (["1.5"], SCALEKD),
+    "distill.cap_heads": (["(-1,0)", "(4,)"], SCALEKD),
+    "distill.cap_softmax_scale": (["0"], SCALEKD),
+    "optim.name": (["sgdd"], []), "optim.lr": (["0", "-1"], []),
+    "optim.weight_decay": (["-1"], []), "optim.momentum": (["1.5"], []),
+    "optim.clip_grad": (["-1"], []), "optim.sched": (["cosinee"], []),
+    "optim.decay_epochs": (["0"], ["optim.sched=step"]),
+    "optim.decay_rate": (["0", "2"], ["optim.sched=step"]),
+    "optim.warmup_epochs": (["-1"], []), "optim.warmup_lr": (["-1"], []),
+    "optim.min_lr": (["-1"], []),
+    "ema.decay": (["1", "-0.1"], []),
+    "checkpoint.every_steps": (["-1"], []), "checkpoint.every_epochs": (["-1"], []),
+    "checkpoint.keep": (["0"], []), "checkpoint.resume": (["/nope"], []),
+    "checkpoint.on_error": (["ignore"], []),
+    "dist.zero_stage": (["1", "4"], []),
+    "eval.every_epochs": (["-1"], []),
+    "probe.head": (["conv"], PROBE_RUN), "probe.hidden": (["-1"], PROBE_RUN),
+    "probe.blocks": (["0", "5"], PROBE_RUN), "probe.lrs": (["()", "(-1.0,)"], PROBE_RUN),
+    "probe.epochs": (["0"], PROBE_RUN), "probe.batch_size": (["0"], PROBE_RUN),
+    "probe.weight_decay": (["-1"], PROBE_RUN), "probe.val_fraction": (["1", "-0.1"], PROBE_RUN),
+    "students": (["{'a/b':{'optim.lr':1e-3}}", "{'b':{'data.workers':2}}"], []),
+}
+# fields where every value of the right type means something (type errors are the overrides')
+ANY_VALUE = {
+    "data.unlabelled", "data.os_cache", "data.uint8", "student.pretrained", "student.kwargs",
+    "teacher.pretrained", "teacher.kwargs", "teacher.channels_last", "distill.tpp",
+    "eval.teacher", "probe.patch_mean", "probe.refit",
+}
+
+
+def recipe_fields(node=None, prefix="") -> set[str]:
+    import dataclasses
+
+    node = node or Recipe()
+    out = set()
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            out |= recipe_fields(value, f"{prefix}{f.name}.")
+        else:
+            out.add(f"{prefix}{f.name}")
+    return out
+
+
+def test_every_field_has_its_bad_values_listed():
+    """A new field must join BAD_VALUES (or ANY_VALUE, saying why no value is bad)."""
+    assert recipe_fields() == set(BAD_VALUES) | ANY_VALUE
+    assert not set(BAD_VALUES) & ANY_VALUE
+
+
+@pytest.mark.parametrize("field, value, context", [
+    (field, value, context) for field, (values, context) in BAD_VALUES.items()
+    for value in values])
+def test_a_bad_value_of_any_field_is_a_recipe_error_naming_it(tmp_path, field, value, context):
+    from scalekd.probe import check_probe_recipe
+
+    teacher = tmp_path / "teacher.safetensors"
+    write_tiny_teacher(teacher)  # a real file: the checks that read it pass
+    recipe = apply_overrides(valid_recipe(tmp_path), [
+        "student.name=vit_tiny_patch16_224", f"teacher.checkpoint={teacher}",
+        "teacher.name=vit_tiny_patch16_224", "data.input_size=32", *context,
+        f"{field}={value}"])
+    check = check_probe_recipe if field.startswith("probe.") else validate
+    with pytest.raises(RecipeError) as err:
+        check(recipe)
+    name = field.split(".")[-1] if field == "students" else field
+    assert any(name in problem for problem in err.value.problems), err.value.problems

@@ -1,9 +1,13 @@
 """The recipe files: A1 fails clearly without data/weights and runs for real on tiny overrides."""
 
 import json
+import os
+import re
 import runpy
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from helpers.runs import exported, scalars, subprocess_env
+from helpers.runs import exported, kill_group, scalars, subprocess_env
 from scalekd.engine.trainer import train
 from scalekd.recipe import apply_overrides, validate
 
@@ -57,6 +61,24 @@ def test_a1_runs_on_tiny_overrides(tmp_path):
     assert 0 <= result.metrics["eval/top1"] <= 100
 
 
+def test_scalekd_train_runs_a_recipe_file_with_overrides(tmp_path, monkeypatch):
+    """`scalekd train RECIPE.py key=value ...` does what running the file does."""
+    from scalekd.cli import main
+
+    teacher = timm.create_model("beitv2_large_patch16_224", num_classes=10, **BEIT_TINY)
+    save_file(teacher.state_dict(), tmp_path / "beit.safetensors")
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # `train` sets it for the recipe file
+    main(["train", str(ROOT / "recipes" / "in1k_a1.py"), "data.source=synthetic",
+          "data.num_samples=48", "data.input_size=32", "data.batch_size=8", "data.workers=0",
+          f"teacher.kwargs={BEIT_TINY}", "teacher.pretrained=false",
+          f"teacher.checkpoint={tmp_path / 'beit.safetensors'}", f"run.dir={tmp_path / 'run'}",
+          "run.max_steps=2", "optim.lr=1e-3"])
+    recorded = json.loads((tmp_path / "run" / "recipe.json").read_text())
+    assert recorded["optim"]["lr"] == 1e-3 and recorded["optim"]["name"] == "lamb"  # A1's
+    assert (tmp_path / "run" / "FINISHED").read_text() == "2\n"
+    assert (tmp_path / "run" / "export" / "student.safetensors").is_file()
+
+
 def test_quickstart_recipes_validate(tmp_path):
     quickstart = runpy.run_path(str(ROOT / "recipes" / "quickstart.py"))
     distilled = quickstart["recipe"]()
@@ -98,7 +120,7 @@ def test_scalekd_pairs_validate_and_name_what_is_missing():
 
 def test_scalekd_recipe_runs_on_tiny_overrides(tmp_path):
     """Swin teacher -> ResNet-50-D student, the paper's main pair, shrunk."""
-    swin = {"img_size": 64, "depths": (1, 1, 1, 1), "window_size": 2, "embed_dim": 24,
+    swin = {"img_size": 64, "depths": (1, 1, 1, 2), "window_size": 2, "embed_dim": 24,
             "num_heads": (1, 1, 1, 1)}
     teacher = timm.create_model("swin_large_patch4_window7_224", num_classes=10, **swin)
     save_file(teacher.state_dict(), tmp_path / "swin.safetensors")
@@ -138,11 +160,13 @@ def test_dinov2_pair_probes_distils_stops_resumes_and_exports(tmp_path, monkeypa
     assert "python recipes/scalekd_in1k.py probe pair=dinov2g_r50" in capsys.readouterr().err
     monkeypatch.delenv("WORLD_SIZE")
 
-    first = main([*tiny, f"run.dir={tmp_path / 'cut'}", "run.steps_per_job=2"])
+    with pytest.raises(SystemExit) as stopped:  # a stop ends the script once checkpointed
+        main([*tiny, f"run.dir={tmp_path / 'cut'}", "run.steps_per_job=2"])
+    assert stopped.value.code == 0
     probed = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert probed["teacher"]["name"] == "vit_giant_patch14_reg4_dinov2.lvd142m"
     assert probed["features"]["kind"] == "cls x4 + patch mean" and probed["head"]["kind"] == "linear"
-    assert not first.finished and first.steps == 2
+    assert [p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()] == ["step_000000002"]
     second = main([*tiny, f"run.dir={tmp_path / 'cut'}"])
     assert "reusing the probe" in capsys.readouterr().out
     assert second.finished and second.steps == 8
@@ -154,3 +178,47 @@ def test_dinov2_pair_probes_distils_stops_resumes_and_exports(tmp_path, monkeypa
     student = timm.create_model("resnet18d", num_classes=10).state_dict()
     assert cut.keys() == ref.keys() == student.keys()  # the projectors are not exported
     assert all(torch.equal(cut[k], ref[k]) for k in cut)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_quickstart_stopped_by_sigterm_ends_and_its_rerun_resumes(tmp_path):
+    """SIGTERM to the quickstart's process group while the teacher trains: the teacher (and its
+    2 loader workers) checkpoint and the whole script ends, status 0, without going on to the
+    students; the same command again resumes the teacher where it stopped and finishes."""
+    tiny = ["data.source=synthetic", "data.num_samples=128", "data.labels_per_class=4",
+            "data.batch_size=16", "data.eval_batch_size=64", "run.epochs=1"]
+    command = [sys.executable, str(ROOT / "recipes" / "quickstart.py"), *tiny]
+    runs, log = tmp_path / "runs" / "quickstart", tmp_path / "first.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not read_scalars_or_empty(runs / "teacher").get("loss/total"):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, log.read_text()
+    finally:
+        kill_group(proc)
+    first = log.read_text()
+    stop = re.search(r"stopping at step (\d+) of 16 \(received SIGTERM\)", first)
+    assert stop and "run the same command again to resume" in first, first
+    assert not (runs / "teacher" / "FINISHED").exists()
+    assert not (runs / "student_alone").exists(), "the script went on after the stop"
+
+    again = subprocess.run(command, cwd=tmp_path, env=subprocess_env(), capture_output=True,
+                           text=True, timeout=1500)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"at step {stop.group(1)}" in again.stdout + again.stderr  # "resumed from ... at step"
+    for name in ("teacher", "student_alone", "student_kd", "student_kd_transfer"):
+        assert (runs / name / "FINISHED").is_file(), name
+    assert "Fashion-MNIST test top-1" in again.stdout
+
+
+def read_scalars_or_empty(run_dir: Path) -> dict:
+    try:
+        return scalars(run_dir)
+    except Exception:  # no event file yet, or one being written
+        return {}

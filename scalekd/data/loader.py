@@ -20,7 +20,7 @@ from scalekd.data.mix_folder import MixedImages, WithMixed
 from scalekd.data.sampler import EpochBatches, MixedBatches, loader_generator
 from scalekd.data.source import LabelledImages, SkipCounter
 from scalekd.data.workers import leave_signals_to_trainer
-from scalekd.recipe import Recipe, grad_accum_steps
+from scalekd.recipe import Recipe, RecipeError, grad_accum_steps
 from scalekd.teacher_cache.labels import SoftLabelMixup
 from scalekd.teacher_cache.replay import replay_batches, replay_loader
 
@@ -59,6 +59,46 @@ class TrainData:
         """The loader for `epoch`, skipping the micro-batches of `start_step` steps (resume)."""
         self.batches.set_position(epoch, start_step * self.grad_accum)
         return self.loader
+
+
+def train_data_problems(recipe: Recipe) -> list[str]:
+    """The loaders' checks of data.* and aug.*, for `recipe.validate`: ranges, and timm's own
+    checks of the augmentation (RandAugment string, interpolation) from building it once."""
+    d, a = recipe.data, recipe.aug
+
+    def interval(pair) -> bool:
+        return (isinstance(pair, tuple) and len(pair) == 2
+                and all(isinstance(v, (int, float)) for v in pair) and 0 < pair[0] <= pair[1])
+
+    checks = [
+        (d.workers >= 0, f"data.workers={d.workers} must be >= 0 (0: load in the training "
+         "process)"),
+        (d.eval_batch_size >= 0, f"data.eval_batch_size={d.eval_batch_size} must be >= 0 (0: "
+         "the training per-process batch)"),
+        (d.labels_per_class >= 0, f"data.labels_per_class={d.labels_per_class} must be >= 0 "
+         "(0: every label)"),
+        (bool(d.train_split) and bool(d.val_split) and d.train_split != d.val_split,
+         f"data.train_split={d.train_split!r} and data.val_split={d.val_split!r} must be two "
+         "different splits (evaluating on the training images would hide overfitting)"),
+        (interval(a.scale) and a.scale[1] <= 1, f"aug.scale={a.scale} must be (min, max) with "
+         "0 < min <= max <= 1 (shares of the image's area)"),
+        (interval(a.ratio), f"aug.ratio={a.ratio} must be (min, max) with 0 < min <= max"),
+        (0 <= a.hflip <= 1 and 0 <= a.re_prob <= 1,
+         "aug.hflip and aug.re_prob are probabilities: in [0, 1]"),
+        (a.color_jitter >= 0 and a.mixup >= 0 and a.cutmix >= 0,
+         "aug.color_jitter, aug.mixup and aug.cutmix must be >= 0 (0: off)"),
+        (0 < a.crop_pct <= 1, f"aug.crop_pct={a.crop_pct} must be in (0, 1]"),
+    ]
+    problems = [msg for ok, msg in checks if not ok]
+    if not problems:
+        try:
+            create_transform(d.input_size, is_training=True, auto_augment=a.auto_augment or None,
+                             interpolation=a.interpolation)
+            create_transform(d.input_size, interpolation=eval_interpolation(a.interpolation))
+        except Exception as err:  # timm raises AssertionError, KeyError, ValueError
+            problems.append(f"aug.auto_augment={a.auto_augment!r} / aug.interpolation="
+                            f"{a.interpolation!r}: timm cannot build it ({err!r})")
+    return problems
 
 
 def per_process_batch(recipe: Recipe, world_size: int) -> int:
@@ -189,6 +229,12 @@ def keep_labelled(images: LabelledImages, per_class: int,
         return images
     rng = np.random.default_rng(0)
     targets = np.asarray(images.targets)
+    counts = np.bincount(targets[targets >= 0], minlength=len(images.classes))
+    if per_class > counts.min():
+        raise RecipeError([f"data.labels_per_class={per_class}: class "
+                           f"{images.classes[counts.argmin()]!r} has only {counts.min()} training "
+                           f"images (the fewest of any class); choose at most {counts.min()}, "
+                           "or 0 for every label"])
     labelled = np.sort(np.concatenate([
         rng.permutation(np.flatnonzero(targets == c))[:per_class]
         for c in range(len(images.classes))

@@ -4,14 +4,17 @@ SIGTERM sent to a whole process group (`kill -- -PGID`, systemd, Slurm's preempt
 limit) reaches the loader workers as well as the trainer. torch's workers die of it (their
 handler exits on a SIGTERM not sent by their parent), SIGUSR1 kills any process that does not
 handle it, and the trainer then fails with "DataLoader worker ... is killed by signal" instead of
-checkpointing. So every worker ignores them: the trainer handles the signal
-(scalekd.engine.stopping), checkpoints and shuts its workers down; a worker whose parent died
-otherwise exits by itself (torch's workers and a broken process pool notice the parent's end).
+checkpointing. So every worker ignores them, except a SIGTERM from its own parent: that is how
+torch and multiprocessing end workers that do not stop by themselves (at the interpreter's exit
+they terminate and then join them: a worker deaf to it would hang the trainer's exit). The
+trainer handles the signal (scalekd.engine.stopping), checkpoints and ends its workers.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,11 +24,21 @@ LEFT_TO_THE_TRAINER = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 def leave_signals_to_trainer(_worker_id: int = 0) -> None:
-    """A DataLoader `worker_init_fn` (and process-pool initialiser): ignore the stop signals
-    (and receive those that `signals_held` kept pending since the process started)."""
-    for sig in LEFT_TO_THE_TRAINER:
+    """A DataLoader `worker_init_fn` (and process-pool initialiser), run in the worker: ignore
+    the stop signals but a SIGTERM from the parent (received by a thread of its own)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM])  # inherited by later threads
+    threading.Thread(target=_exit_on_sigterm_from, args=(os.getppid(),), daemon=True,
+                     name="sigterm-from-parent").start()
+    for sig in (signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, LEFT_TO_THE_TRAINER)
+    # those that `signals_held` kept pending since the process started are now ignored
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR1, signal.SIGINT])
+
+
+def _exit_on_sigterm_from(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo([signal.SIGTERM]).si_pid == parent:
+            os._exit(0)  # as torch's own handler does for its parent's SIGTERM
 
 
 @contextmanager

@@ -88,6 +88,15 @@ class ScaleKD(Distiller):
         if d.cap_norm not in ("auto", *CAP_NORMS):
             problems.append(f"distill.cap_norm={d.cap_norm!r} must be auto (the authors' choice "
                             f"per student), {' or '.join(CAP_NORMS)}")
+        if d.dfm_weight < 0:
+            problems.append(f"distill.dfm_weight={d.dfm_weight} must be >= 0")
+        heads = d.cap_heads
+        if not (isinstance(heads, tuple) and len(heads) == 2
+                and all(isinstance(h, int) and h >= 0 for h in heads)):
+            problems.append(f"distill.cap_heads={heads} must be two head counts >= 0 (stage 3, "
+                            "stage 4; 0: the authors' value)")
+        if d.cap_softmax_scale <= 0:
+            problems.append(f"distill.cap_softmax_scale={d.cap_softmax_scale} must be > 0")
         if {"spatial", "frequency"} & set(d.weights):
             problems.append("scalekd's spatial/frequency weights come from distill.dfm_weight "
                             "and distill.dfm_beta; remove them from distill.weights")

@@ -4,7 +4,8 @@ number of steps, always at a step boundary and with a checkpoint.
 Slurm (or the batch shell forwarding `--signal=B:USR1@grace`) sends SIGUSR1 or SIGTERM to the
 trainer; often only rank 0 gets it. Every rank therefore takes part in a max all-reduce of its
 stop flag after each optimiser step, and all stop after the same step: no rank is left waiting in
-a collective that the others never enter. The handler itself only sets a flag (saving from
+a collective that the others never enter. The flag is a host tensor reduced over gloo, so this
+costs the host a round trip between the ranks but never waits for the GPU's queue. The handler itself only sets a flag (saving from
 inside a signal handler could interrupt a collective halfway).
 """
 
@@ -29,6 +30,7 @@ class StopRequests:
         self.started = _clock()
         self.received: Optional[str] = None
         self._previous: dict = {}
+        self._group = None  # the gloo group the stop flags are reduced over (_host_group)
 
     def __enter__(self) -> "StopRequests":
         if threading.current_thread() is threading.main_thread():
@@ -43,8 +45,7 @@ class StopRequests:
     def _on_signal(self, signum, _frame) -> None:
         self.received = signal.Signals(signum).name
 
-    def reason(self, steps_this_job: int, step_s: float, save_s: float,
-               device: torch.device) -> Optional[str]:
+    def reason(self, steps_this_job: int, step_s: float, save_s: float) -> Optional[str]:
         """Why to stop after this step (agreed by all ranks), or None to go on. `step_s` and
         `save_s`: the latest step and checkpoint durations, the margin the budget keeps."""
         local = None
@@ -58,6 +59,16 @@ class StopRequests:
                 local = f"run.time_budget_s={self.time_budget_s:g} nearly spent"
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return local
-        flag = torch.tensor([1.0 if local else 0.0], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        # a host tensor over a host (gloo) group: reading it never waits for the GPU's queue
+        flag = torch.tensor([1.0 if local else 0.0])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._host_group())
         return local or ("another rank stops" if flag.item() else None)
+
+    def _host_group(self):
+        """The default group if it is gloo already (CPU runs), else a gloo group over the same
+        ranks, made once (every rank asks at the same first step: a collective)."""
+        if dist.get_backend() == "gloo":
+            return None
+        if self._group is None:
+            self._group = dist.new_group(backend="gloo")
+        return self._group

@@ -28,9 +28,9 @@ from scalekd.data.classes import load_split
 from scalekd.distill import DISTILLERS, Distiller, FeatureShapes, create_distiller
 from scalekd.engine.checkpoint import (Checkpoints, CheckpointWriteError, RunWriteError,
                                        write_run_file)
-from scalekd.engine.divergence import NonFiniteGuard
 from scalekd.engine.distributed import (build_accelerator, launched_world_size, precision_note,
                                         release_accelerate_state, shard_teacher)
+from scalekd.engine.divergence import NonFiniteGuard
 from scalekd.engine.evaluate import evaluate
 from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog, memory_gb
@@ -78,6 +78,7 @@ class TrainResult:
     steps: int = 0
     exports: dict[str, Path] = field(default_factory=dict)  # every student, by name
     finished: bool = True  # False: stopped early (signal, time budget, steps_per_job)
+    stop_requested: Optional[str] = None  # a signal received, even too late to stop this run
 
 
 @dataclass
@@ -130,12 +131,34 @@ def build_student(recipe: Recipe, num_classes: int, steps_per_epoch: int,
     return model, optimizer, scheduler, distiller
 
 
+def optimisation_problems(recipe: Recipe) -> list[str]:
+    """timm's own checks of optim.* (names, hyperparameters), from building the optimiser and
+    the schedule of `build_student` for one parameter, before any model is built."""
+    o, one = recipe.optim, nn.Linear(1, 1)
+    try:
+        optimizer = create_optimizer_v2(one, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
+                                        momentum=o.momentum)
+    except Exception as err:  # timm and torch raise several kinds
+        return [f"optim.name={o.name!r} with optim.lr/momentum/weight_decay: {err}"]
+    try:
+        scheduler, _ = create_scheduler_v2(
+            optimizer, sched=o.sched, num_epochs=recipe.run.epochs,
+            warmup_epochs=o.warmup_epochs, warmup_lr=o.warmup_lr, min_lr=o.min_lr,
+            decay_epochs=o.decay_epochs, decay_rate=o.decay_rate, step_on_epochs=False,
+            updates_per_epoch=1)
+    except Exception as err:
+        return [f"optim.sched={o.sched!r}: {err}"]
+    return [] if scheduler is not None else [f"optim.sched={o.sched!r} is not a timm scheduler"]
+
+
 def train(recipe: Recipe) -> TrainResult:
     # SIGUSR1/SIGTERM are caught from the first line to the last: one arriving while the run
     # starts up stops it after its first step, one arriving during the final evaluation is moot
     with StopRequests(recipe.run.time_budget_s, recipe.run.steps_per_job) as stops:
         try:
-            return _train(recipe, stops)
+            result = _train(recipe, stops)
+            result.stop_requested = f"received {stops.received}" if stops.received else None
+            return result
         finally:  # so that a later train() in this process may pick another precision
             release_accelerate_state()
 
@@ -330,15 +353,16 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
             step_s, t_step = time.perf_counter() - t_step, time.perf_counter()
             if step == total_steps:
                 break
-            stop = stops.reason(step - job_start, step_s, save_s, accelerator.device)
+            stop = stops.reason(step - job_start, step_s, save_s)
             if stop:
                 break
         epochs_done = step // data.steps_per_epoch
         if step == total_steps or step % data.steps_per_epoch:
             break  # the schedule's end, or a stop within an epoch
-        if epochs_done % recipe.eval.every_epochs == 0:
+        if recipe.eval.every_epochs and epochs_done % recipe.eval.every_epochs == 0:
             run_eval()
-        if epochs_done % recipe.checkpoint.every_epochs == 0 and saved_step != step:
+        if (recipe.checkpoint.every_epochs and epochs_done % recipe.checkpoint.every_epochs == 0
+                and saved_step != step):
             save_checkpoint()
         if stop:  # at an epoch's end: after its evaluation, as an uninterrupted run
             break

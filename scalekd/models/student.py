@@ -5,6 +5,7 @@ from __future__ import annotations
 import timm
 import torch.nn as nn
 
+from scalekd.models.weights import create_with_weights
 from scalekd.recipe import StudentCfg
 
 
@@ -14,10 +15,8 @@ def create_student(cfg: StudentCfg, num_classes: int) -> nn.Module:
         kwargs["drop_path_rate"] = cfg.drop_path
     if cfg.checkpoint:
         # timm's pretrained path: weights_only loading, its key filters for upstream formats
-        return timm.create_model(
-            cfg.name, pretrained=True, num_classes=num_classes,
-            pretrained_cfg_overlay=dict(file=cfg.checkpoint, num_classes=num_classes), **kwargs,
-        )
+        return create_with_weights("student.checkpoint", cfg.checkpoint, cfg.name, num_classes,
+                                   kwargs)
     return timm.create_model(cfg.name, pretrained=cfg.pretrained, num_classes=num_classes,
                              **kwargs)
 

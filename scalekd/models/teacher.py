@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from scalekd.models.attention import set_fused_attention, timm_attention
 from scalekd.models.teacher_stages import TeacherStages
+from scalekd.models.weights import create_with_weights
 from scalekd.recipe import TeacherCfg
 
 
@@ -49,6 +50,8 @@ class FrozenTeacher(nn.Module):
         # x_t = (x_s * s_std + s_mean - t_mean) / t_std, folded into one scale and shift
         self.register_buffer("scale", s_std / t_std, persistent=False)
         self.register_buffer("shift", (s_mean - t_mean) / t_std, persistent=False)
+        # the same normalisation (most timm pairs): the student's pixels as they are
+        self.renormalise = not (torch.equal(s_mean, t_mean) and torch.equal(s_std, t_std))
         self.engine = None  # a DeepSpeed inference engine when the teacher is sharded
         self.stages: Optional[TeacherStages] = None  # set by enable_features
         self.with_proxy = False
@@ -57,7 +60,7 @@ class FrozenTeacher(nn.Module):
         return super().train(False)  # stays in eval mode: BN statistics and dropout frozen
 
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
-        x = images * self.scale + self.shift
+        x = images * self.scale + self.shift if self.renormalise else images
         if self.input_size and x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bicubic",
                               align_corners=False)
@@ -112,10 +115,8 @@ def load_timm_model(cfg: TeacherCfg, num_classes: int) -> nn.Module:
     """`cfg.name` with weights from teacher.checkpoint or the hub; num_classes=0 drops its
     classifier (a classifier in the file is then ignored)."""
     if cfg.checkpoint:
-        overlay = dict(file=cfg.checkpoint, **({"num_classes": num_classes} if num_classes
-                                                else {}))
-        return timm.create_model(cfg.name, pretrained=True, num_classes=num_classes,
-                                 pretrained_cfg_overlay=overlay, **cfg.kwargs)
+        return create_with_weights("teacher.checkpoint", cfg.checkpoint, cfg.name, num_classes,
+                                   cfg.kwargs)
     hub_classes = timm.models.get_pretrained_cfg(cfg.name).num_classes
     if num_classes and hub_classes != num_classes:
         raise ValueError(

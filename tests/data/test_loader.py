@@ -1,10 +1,11 @@
 """Training data: labelled subsets, transfer sets, augmentation tied to position."""
 
 import numpy as np
+import pytest
 import torch
 
 from scalekd.data import SOURCES, build_train_data
-from scalekd.recipe import Recipe, apply_overrides
+from scalekd.recipe import Recipe, RecipeError, apply_overrides
 
 NORM = ((0.5,) * 3, (0.5,) * 3)
 
@@ -23,6 +24,14 @@ def test_labels_per_class_is_balanced_and_fixed():
     labels = torch.cat([y for _, y in a.epoch(0)])
     assert np.bincount(labels.numpy()).tolist() == [5] * 10
     assert a.loader.dataset.images.keep == b.loader.dataset.images.keep
+
+
+def test_more_labels_per_class_than_a_class_has_is_refused():
+    """200 synthetic images are 20 a class: 21 would silently use all of them."""
+    r, images = synthetic("data.labels_per_class=21")
+    with pytest.raises(RecipeError, match=r"data.labels_per_class=21: class 'class\d' has only "
+                                          r"20 training images .* choose at most 20"):
+        build_train_data(r, images, *NORM, 0, 1)
 
 
 def test_augmentation_is_a_function_of_position():

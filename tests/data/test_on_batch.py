@@ -3,6 +3,7 @@
 import random
 
 import numpy as np
+import pytest
 import torch
 from timm.data.auto_augment import rand_augment_transform
 
@@ -43,3 +44,17 @@ def test_the_global_rngs_are_left_as_found():
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     finish(batch(), list(range(6)))
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_per_sample_seeds_give_torch_manual_seeds_streams_without_touching_cuda(monkeypatch):
+    """Loader workers seed every sample: torch's CPU generator gives the stream
+    torch.manual_seed gives (so caches and resumed runs see the same crops), without the
+    lazy CUDA seeding (a stack trace per call) torch.manual_seed queues."""
+    from scalekd.data.on_batch import seed_all
+
+    torch.manual_seed(7)
+    want = torch.rand(5), torch.randint(0, 100, (5,))
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: pytest.fail("CUDA seeded"))
+    seed_all(7)
+    got = torch.rand(5), torch.randint(0, 100, (5,))
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

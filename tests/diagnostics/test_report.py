@@ -1,4 +1,6 @@
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -27,14 +29,34 @@ def test_final_top1_from_the_runs_metrics(trained_tiny_run):
 
 @pytest.mark.parametrize("x_axis", ["epoch", "step"])
 def test_report_command_writes_figures_comparing_runs(trained_tiny_run, tmp_path, capsys,
-                                                      x_axis):
-    main(["report", str(trained_tiny_run), str(trained_tiny_run), "--out", str(tmp_path),
+                                                      monkeypatch, x_axis):
+    """Two runs (the second a copy under another name), two students each: every panel and the
+    final bars show all four, by run:student."""
+    import scalekd.diagnostics.report as report
+
+    other = tmp_path / "other_run"
+    shutil.copytree(trained_tiny_run, other)
+    figures = {}
+
+    def keep(fig, path, title):
+        figures[Path(path).name] = fig
+        return save(fig, path, title)
+
+    save = report.save
+    monkeypatch.setattr(report, "save", keep)
+    main(["report", str(trained_tiny_run), str(other), "--out", str(tmp_path / "png"),
           "--x", x_axis])
     written = capsys.readouterr().out.split()
     assert [p.rsplit("/", 1)[-1] for p in written] == ["training.png", "loss_terms.png",
                                                         "final_top1.png"]
     for path in written:
         assert_sane_png(path)
+    run = trained_tiny_run.name
+    both = {f"{name}:{student}" for name in (run, "other_run") for student in ("kd", "alone")}
+    loss_panel = figures["training.png"].axes[0]
+    assert {line.get_label() for line in loss_panel.get_lines()} == both
+    bars = figures["final_top1.png"].axes[0]
+    assert {t.get_text() for t in bars.get_xticklabels()} == both
 
 
 def test_steps_per_epoch_from_the_logged_epochs():

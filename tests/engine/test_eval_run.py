@@ -63,3 +63,24 @@ def test_bad_inputs_name_the_problem(trained_tiny_run, tmp_path):
         SavedRun(tmp_path)
     with pytest.raises(ValueError, match="no student 'dkd'"):
         SavedRun(trained_tiny_run, student="dkd")
+
+
+def test_eval_command_student_ema_weights_and_data_overrides(trained_tiny_run, tmp_path,
+                                                             capsys):
+    """README's other `scalekd eval` flags: --student and --ema pick what the run evaluated
+    as alone/eval_ema; --weights evaluates a given export; data.* overrides point it at other
+    data (here: the first 32 validation images)."""
+    final = json.loads((trained_tiny_run / "metrics.json").read_text())
+    out = tmp_path / "ema.json"
+    main(["eval", str(trained_tiny_run), "--student", "alone", "--ema", "--out", str(out)])
+    assert json.loads(out.read_text())["student"]["top1"] == pytest.approx(
+        final["alone/eval_ema/top1"])
+    out = tmp_path / "weights.json"
+    main(["eval", str(trained_tiny_run), "--student", "alone", "--weights",
+          str(trained_tiny_run / "export" / "alone" / "student.safetensors"), "--out", str(out)])
+    assert json.loads(out.read_text())["student"]["top1"] == pytest.approx(
+        final["alone/eval/top1"])
+    out = tmp_path / "fewer.json"
+    main(["eval", str(trained_tiny_run), "data.num_samples=32", "--out", str(out)])
+    assert json.loads(out.read_text())["images"] == 32
+    capsys.readouterr()

@@ -66,11 +66,18 @@ import torch
 from scalekd.engine.distributed import build_accelerator, release_accelerate_state
 from scalekd.recipe import Recipe, apply_overrides
 
+class Probe(torch.nn.Linear):
+    def forward(self, x):  # what the student's layers compute in (outputs go back to fp32)
+        self.computed_in = str(super().forward(x).dtype)
+        return x
+
+
 out = {}
 for precision in ("auto", "no"):
     accelerator = build_accelerator(apply_overrides(Recipe(), [f"run.precision={precision}"]))
-    layer = accelerator.prepare(torch.nn.Linear(4, 4))  # runs under the Accelerator's autocast
-    out[precision] = [accelerator.mixed_precision, str(layer(torch.ones(2, 4)).dtype)]
+    probe = Probe(4, 4)
+    accelerator.prepare(probe)(torch.ones(2, 4))  # under the Accelerator's autocast, if any
+    out[precision] = [accelerator.mixed_precision, probe.computed_in]
     release_accelerate_state()
 json.dump(out, open(sys.argv[1], "w"))
 """

@@ -71,3 +71,19 @@ def test_compiled_student_gives_the_eager_losses():
     assert model._compiled_call_impl is not None  # what ran is the compiled forward + loss
     assert_same_losses(got, want, 1e-4)
     assert not any(".orig_mod" in k or "_orig_mod" in k for k in model.state_dict())
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_channels_last_under_zero_is_refused(stage):
+    recipe = apply_overrides(Recipe(), [*CNN, "student.channels_last=true", "optim.name=adamw",
+                                        f"dist.zero_stage={stage}", "data.path=/nonexistent"])
+    with pytest.raises(RecipeError) as err:
+        validate(recipe)
+    assert any(p.startswith(f"student.channels_last=true under ZeRO-{stage}: DeepSpeed")
+               for p in err.value.problems)
+    try:  # the same recipe under DDP passes this check
+        validate(apply_overrides(recipe, ["dist.zero_stage=0"]))
+        problems = []
+    except RecipeError as ddp:
+        problems = ddp.problems
+    assert not any("channels_last" in p for p in problems)

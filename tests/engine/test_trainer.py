@@ -88,7 +88,9 @@ def test_scalekd_projectors_resume_exactly_and_are_not_exported(tmp_path, tiny_r
     assert not any("distiller" in k or "caps" in k for k in weights)
     bare = timm.create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8,
                              depth=2)
-    assert bare.load_state_dict(weights, strict=True)  # a plain timm model, nothing left over
+    loaded = bare.load_state_dict(weights, strict=True)  # a plain timm model, nothing left over
+    assert not loaded.missing_keys and not loaded.unexpected_keys
+    assert all(torch.equal(bare.state_dict()[k], weights[k]) for k in weights)
 
 
 def test_accumulation_derived_from_the_device_batch_keeps_the_global_batch(tmp_path, tiny_run):
@@ -104,3 +106,15 @@ def test_accumulation_derived_from_the_device_batch_keeps_the_global_batch(tmp_p
         assert torch.allclose(value, whole[key], atol=1e-5), key  # summation order only
     logged_steps = [set(scalars(runs[n])["loss/total"]) for n in ("derived", "whole")]
     assert logged_steps[0] == logged_steps[1] == set(range(1, 9))
+
+
+def test_zero_epochs_between_evaluations_and_checkpoints_means_only_at_the_end(tmp_path,
+                                                                               tiny_run):
+    """eval.every_epochs=0 and checkpoint.every_epochs=0 (a ZeroDivisionError once): the final
+    evaluation and checkpoint only."""
+    run_dir = tmp_path / "run"
+    result = train_in_process(tiny_run(run_dir, "eval.every_epochs=0",
+                                       "checkpoint.every_epochs=0", "run.log_every=1"))
+    assert result.finished and result.steps == 8
+    assert list(scalars(run_dir)["eval/top1"]) == [8]
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step_000000008"]

@@ -49,7 +49,8 @@ def main(argv: list[str]) -> None:
             model = prepared[0] if isinstance(prepared, tuple) else prepared
             record.update(rank=accelerator.process_index, world=accelerator.num_processes,
                           distributed_type=str(accelerator.distributed_type),
-                          engine=type(model).__name__, student=param_counts(model))
+                          engine=type(model).__name__, student=param_counts(model),
+                          zero_stage=getattr(model, "zero_optimization_stage", lambda: None)())
             _write(recipe, record)
             return prepared
 
@@ -75,7 +76,7 @@ def main(argv: list[str]) -> None:
     trainer.build_accelerator = recording_build_accelerator
     trainer.shard_teacher = recording_shard_teacher
     torch.load = recording_load
-    result = run_recipe(Recipe(), argv)
+    result = run_recipe(Recipe(), argv, exit_when_stopped=False)  # records a stopped run too
     folder = result.run_dir / "loads"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"rank{record['rank']}.json").write_text(json.dumps(loads, indent=2))

@@ -311,8 +311,9 @@ def test_usr1_during_start_up_waits_for_the_trainer(cluster, reference, tmp_path
     assert info["Restarts"] == "1", info
     first = out.split("SLURM_RESTART_COUNT=1")[0]
     assert "received USR1" in first and "forwarding SIGUSR1 to the trainer" in first, first
-    assert first.index("received USR1") < first.index("accelerate launch --machine_rank 0") \
-        or first.index("received USR1") < first.index("forwarding SIGUSR1"), first
+    # it came during start-up: before the trainer's first output (its teacher evaluation)
+    started = first.find("teacher vit_tiny_patch16_224: top-1")
+    assert 0 <= first.index("received USR1") < started, first
     stop = re.search(r"stopping at step (\d+) of \d+ \(received SIGUSR1\)", first)
     assert stop, first
     assert "resumed from" in out and f"at step {stop.group(1)}" in out, out
@@ -321,6 +322,43 @@ def test_usr1_during_start_up_waits_for_the_trainer(cluster, reference, tmp_path
     report(f"USR1 during start-up: held until the trainer's handler was up, stopped at step "
            f"{stop.group(1)}, requeued, done {time.monotonic() - signalled:.1f} s after the "
            "signal")
+
+
+def test_term_to_every_process_with_loader_workers_checkpoints(cluster, tmp_path, tiny_run,
+                                                                report):
+    """SIGTERM to every process of the job's step (each node's launcher, the ranks and their
+    loader workers), as `scancel --signal=TERM` sends it: the workers leave it to the trainer,
+    which checkpoints at the next step boundary; the job ends cleanly. (A SIGTERM that reaches
+    srun itself, `scancel --full` or the time limit's final kill, makes srun kill the step
+    within seconds: train.sbatch asks Slurm for USR1 to the batch shell 300 s before.)"""
+    run_dir, log = tmp_path / "run", tmp_path / "job.out"
+    job = sbatch(cluster, log, nodes=2, procs=1,
+                 overrides=tiny_run(run_dir, *SCHEDULE, "data.workers=1"))
+    deadline = time.monotonic() + 240
+    while not complete_checkpoints(run_dir):
+        info = cluster.job(job)
+        assert info.get("JobState") in ("PENDING", "CONFIGURING", "RUNNING"), \
+            f"{info}\n{tail(log)}"
+        assert time.monotonic() < deadline, tail(log)
+        time.sleep(0.1)
+    signalled = time.monotonic()
+    cluster.run("scancel", "--signal=TERM", job)
+    info = cluster.wait(job, log)
+    out = tail(log, 10**6)
+    assert "killed by signal" not in out, out
+    stop = re.search(r"stopping at step (\d+) of (\d+) \(received SIGTERM\)", out)
+    assert stop and int(stop.group(1)) < TOTAL_STEPS, out
+    assert out.count(f"distributed_run: done, {stop.group(1)} steps") == 2, out  # both ranks
+    assert complete_checkpoints(run_dir)[-1].name == f"step_{int(stop.group(1)):09d}", out
+    assert not (run_dir / "FINISHED").exists()
+    report(f"SIGTERM to every process of a 2-node job step with loader workers: checkpointed at "
+           f"step {stop.group(1)}, job {info['JobState']} {info['ExitCode']} "
+           f"{time.monotonic() - signalled:.1f} s after the signal")
+    if info["JobState"] != "COMPLETED":
+        # measured: the ranks stop cleanly, but torch's elastic agent (accelerate's multi-node
+        # launcher) re-raises the SIGTERM it forwarded and exits 1, so the job counts as failed
+        pytest.xfail(f"the launcher exits non-zero after the clean stop: {info['JobState']} "
+                     f"{info['ExitCode']}")
 
 
 def test_chain_of_jobs_completes_the_schedule(cluster, reference, tmp_path, tiny_run, report):
