@@ -58,16 +58,19 @@ from scalekd.models.teacher import FrozenTeacher  # noqa: E402
 from scalekd.recipe import apply_overrides  # noqa: E402
 from scalekd.teacher_cache.writer import cache_teacher  # noqa: E402
 
-# the real sizes, and what --dry-run cuts them to (a block or two, 32 px, few rows)
+# the real sizes, and what --dry-run cuts them to: a block of each teacher, timm's 0.5M-parameter
+# test ResNet as the student, 32 px, one step; "steps" are timed after as many warm-up steps
+# (benchmarks/kd_step.py's rows)
 REAL = {"classes": (1000, 21841), "kd_rows": 256, "batches": (64, 128), "steps": 10,
-        "warmup": 3, "input_size": 224, "student": kd_step.STUDENT, "teacher": {}}
-DRY = {"classes": (1000, 21841), "kd_rows": 8, "batches": (4,), "steps": 2, "warmup": 1,
-       "input_size": 32, "student": "test_resnet",  # timm's 0.5M-parameter ResNet
+        "student": [], "teacher": {}}
+DRY = {"classes": (1000, 21841), "kd_rows": 8, "batches": (4,), "steps": 1,
+       "student": ["student.name=test_resnet", "data.input_size=32"],
        "teacher": {"beitv2-l": ({"img_size": 32, "depth": 1, "embed_dim": 32, "num_heads": 2},
                                 32),
                    "vit-g/14": ({"img_size": 28, "depth": 1, "embed_dim": 32, "num_heads": 2},
                                 28)}}
 TEMPERATURE = 2.0
+PAIRS = ("beitv2-l", "vit-g/14")  # of kd_step.PAIRS
 SPEED_OPTIONS = ["run.precision=bf16", "teacher.dtype=bf16", "student.channels_last=true"]
 SDPA_OPS = {  # profiler op name -> the kernel it is
     "aten::_scaled_dot_product_flash_attention": "flash",
@@ -152,9 +155,14 @@ def kd_kernel(rows: list, sizes: dict, device: torch.device) -> None:
         raise CheckFailed(f"the fused KD loss differs from its reference for {bad} classes")
 
 
+def teacher_of(pair: str, sizes: dict) -> tuple[str, dict, int]:
+    """The pair's timm teacher, its kwargs and input size at these sizes."""
+    name, kwargs, _, size = kd_step.PAIRS[pair]
+    return (name, *sizes["teacher"].get(pair, (kwargs, size)))
+
+
 def build_teacher(pair: str, sizes: dict, device: torch.device) -> FrozenTeacher:
-    name, kwargs = kd_step.PAIRS[pair]
-    kwargs, size = sizes["teacher"].get(pair, (kwargs, sizes["input_size"]))
+    name, kwargs, size = teacher_of(pair, sizes)
     model = timm.create_model(name, num_classes=1000, **kwargs)
     cfg = model.pretrained_cfg
     return FrozenTeacher(model, cfg["mean"], cfg["std"], cfg["mean"], cfg["std"], size,
@@ -163,9 +171,10 @@ def build_teacher(pair: str, sizes: dict, device: torch.device) -> FrozenTeacher
 
 def sdpa(rows: list, sizes: dict, device: torch.device) -> None:
     activities = [torch.profiler.ProfilerActivity.CPU]
-    for pair in kd_step.PAIRS:
+    for pair in PAIRS:
         teacher = build_teacher(pair, sizes, device)
-        images = torch.randn(2, 3, sizes["input_size"], sizes["input_size"], device=device)
+        size = teacher.input_size
+        images = torch.randn(2, 3, size, size, device=device)
         with torch.profiler.profile(activities=activities) as prof:
             teacher(images)
             sync(device)
@@ -187,9 +196,10 @@ def sdpa(rows: list, sizes: dict, device: torch.device) -> None:
                               "does not go through torch SDPA")
 
 
-def hand_written(r, warmup: int, device: torch.device) -> tuple[float, float | None]:
-    """The KD step written out on `device`: bf16 autocast, channels_last student, the trainer's
-    data; images/s of the steps after the warm-up and the peak memory."""
+def hand_written(r, steps: int, device: torch.device) -> tuple[float, float | None]:
+    """The KD step written out on `device` (bf16 autocast, channels_last student, the trainer's
+    data), timed as kd_step.py times its rows: images/s of the last `steps` of 2 x `steps`;
+    and the peak memory."""
     norm = data_config(r.student.name)
     data = build_train_data(r, SOURCES["synthetic"].load(r.data, "train"), norm["mean"],
                             norm["std"], 0, 1)
@@ -202,9 +212,6 @@ def hand_written(r, warmup: int, device: torch.device) -> tuple[float, float | N
     size = r.teacher.input_size or r.data.input_size
     start = None
     for i, (images, targets) in enumerate(data.epoch(0)):
-        if i == warmup:
-            sync(device)
-            start = time.perf_counter()
         images = images.to(device, non_blocking=True).contiguous(
             memory_format=torch.channels_last)
         targets = targets.to(device, non_blocking=True)
@@ -220,53 +227,53 @@ def hand_written(r, warmup: int, device: torch.device) -> tuple[float, float | N
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if i + 1 == steps:  # the timed steps start here, with the wait for their first batch
+            sync(device)
+            start = time.perf_counter()
     sync(device)
-    steps = r.run.max_steps - warmup
     return steps * r.data.batch_size / (time.perf_counter() - start), peak_gb(device)
 
 
-def step_recipe(pair: str, folder: Path, weights: Path, sizes: dict, batch: int, row: str,
+def step_recipe(pair: str, run_dir: Path, weights: Path, sizes: dict, batch: int,
                 *extra: str):
-    name, kwargs = kd_step.PAIRS[pair]
-    kwargs, size = sizes["teacher"].get(pair, (kwargs, sizes["input_size"]))
-    return kd_step.recipe(folder / f"{row}_{batch}", name, weights, kwargs, batch,
-                          sizes["steps"], sizes["warmup"], *SPEED_OPTIONS,
-                          f"student.name={sizes['student']}", f"data.input_size={sizes['input_size']}",
-                          f"teacher.input_size={size}",
-                          "distill.temperature=2", *extra)
+    """kd_step.py's recipe for the pair, with the speed options and these sizes."""
+    _, kwargs, size = teacher_of(pair, sizes)
+    r = kd_step.recipe(run_dir, pair, weights, batch, sizes["steps"], *SPEED_OPTIONS,
+                       *sizes["student"], f"teacher.input_size={size}",
+                       f"distill.temperature={TEMPERATURE}", *extra)
+    if r.teacher.name:
+        r.teacher.kwargs = dict(kwargs)
+    return r
 
 
 def kd_step_rows(rows: list, sizes: dict, device: torch.device, folder: Path) -> None:
-    failed = []
-    for pair in kd_step.PAIRS:
-        name, kwargs = kd_step.PAIRS[pair]
-        kwargs = sizes["teacher"].get(pair, (kwargs,))[0]
+    failed, steps = [], sizes["steps"]
+    for pair in PAIRS:
+        name, kwargs, _ = teacher_of(pair, sizes)
         weights = kd_step.random_weights(name, kwargs, folder)
         for batch in sizes["batches"]:
-            def trainer(*extra):
-                r = step_recipe(pair, folder / pair.replace("/", "_"), weights, sizes, batch,
-                                *extra)
-                return kd_step.trainer_images_per_s(r, sizes["steps"], sizes["warmup"])
+            where = folder / f"{pair.replace('/', '_')}_{batch}"
 
-            def cached():
-                r = step_recipe(pair, folder / pair.replace("/", "_"), weights, sizes, batch,
-                                "cached")
-                cache = r.run.path.parent / f"cache_{batch}"
-                cache_teacher(r, cache, draws=1, k=kd_step.TOP_K, batch_size=batch)
-                reset_peak(device)  # the timed run's peak, not the cache writer's
+            def trainer(run: str, *extra: str) -> float:
                 return kd_step.trainer_images_per_s(
-                    apply_overrides(r, ["teacher.mode=cached", f"teacher.cache={cache}"]),
-                    sizes["steps"], sizes["warmup"])
+                    step_recipe(pair, where / run, weights, sizes, batch, *extra), steps)
 
-            variants = {
+            def cached() -> float:
+                cache = where / "cache"
+                cache_teacher(step_recipe(pair, where / "writer", weights, sizes, batch), cache,
+                              draws=1, k=kd_step.TOP_K, batch_size=batch)
+                reset_peak(device)  # the timed run's peak, not the cache writer's
+                return trainer("cached", "teacher.mode=cached", f"teacher.cache={cache}")
+
+            variants = {  # kd_step.ROWS, in its order
                 "no teacher": lambda: trainer("alone", "distill.method=supervised",
                                               "teacher.name=", "teacher.checkpoint="),
                 "online teacher": lambda: trainer("online"),
                 "cached teacher": cached,
                 "hand-written loop": lambda: hand_written(
-                    step_recipe(pair, folder / pair.replace("/", "_"), weights, sizes, batch,
-                                "hand"), sizes["warmup"], device),
+                    step_recipe(pair, where / "hand", weights, sizes, batch), steps, device),
             }
+            assert tuple(variants) == kd_step.ROWS
             for variant, run in variants.items():
                 row = {"pair": pair, "batch": batch, "row": variant}
                 try:
@@ -288,7 +295,7 @@ def kd_step_rows(rows: list, sizes: dict, device: torch.device, folder: Path) ->
 
 
 @contextlib.contextmanager
-def one_process_group(device: torch.device):
+def one_process_group():
     """The environment `accelerate launch` would give a single process, for DeepSpeed."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -311,15 +318,13 @@ def one_process_group(device: torch.device):
 
 def zero3(rows: list, sizes: dict, device: torch.device, folder: Path) -> None:
     pair, batch = "beitv2-l", sizes["batches"][0]
-    name, kwargs = kd_step.PAIRS[pair]
-    kwargs = sizes["teacher"].get(pair, (kwargs,))[0]
+    name, kwargs, _ = teacher_of(pair, sizes)
     weights = kd_step.random_weights(name, kwargs, folder)
-    sized = {**sizes, "steps": 1, "warmup": 1}
-    r = step_recipe(pair, folder / "zero3", weights, sized, batch, "zero3",
-                    "teacher.placement=zero3")
-    with one_process_group(device):
+    one_step = {**sizes, "steps": 1}  # one warm-up step, one timed
+    r = step_recipe(pair, folder / "zero3", weights, one_step, batch, "teacher.placement=zero3")
+    with one_process_group():
         reset_peak(device)
-        speed = kd_step.trainer_images_per_s(r, 1, 1)
+        speed = kd_step.trainer_images_per_s(r, 1)
     rows.append({"pair": pair, "batch": batch, "row": "ZeRO-3 teacher, one process",
                  "images_per_s": speed, "peak_gb": peak_gb(device)})
 

@@ -16,9 +16,10 @@ other, interleaved (timm, scalekd, timm, scalekd, ...):
   student, fp32 on the CPU, one process;
 - the same loss and update: 0.5 label loss + 0.5 KD (T=1), SGD lr 0.01, momentum 0.9, no
   weight decay.
-Timed: updates N+1 to 2N of the first epoch (N = `--steps`), wall clock including data waits:
-timm's from the running average its log lines print at updates N and 2N (`--log-interval N`),
-scalekd's from its TensorBoard window (`run.log_every=N`). Each side's rate is the median of
+Timed: N updates of the first epoch after at least N warm-up ones (N = `--steps`), wall clock
+including data waits: timm's from the running average its log lines print at update indices N
+and 2N (`--log-interval N`; 0-based, so its updates N+2..2N+1), scalekd's from its TensorBoard
+window (`run.log_every=N`: its steps N+1..2N). Each side's rate is the median of
 `--repeats` runs; the spread is their min-max. The machine's load is printed with the table.
 """
 

@@ -600,9 +600,8 @@ def _value_problems(r: Recipe) -> list[str]:
     from scalekd.data.loader import train_data_problems
     from scalekd.engine.trainer import optimisation_problems
 
-    try:
-        r.run.path
-        run_dir_ok = bool(r.run.name) and bool(r.run.dir)
+    try:  # formatting run.dir with run.name fails on any placeholder but {name}
+        run_dir_ok = bool(r.run.name and r.run.dir and str(r.run.path))
     except (KeyError, IndexError, ValueError):
         run_dir_ok = False
     weights = r.distill.weights.values()

@@ -2,7 +2,6 @@
 
 import pytest
 
-from helpers.runs import write_tiny_teacher
 from scalekd.recipe import (Recipe, RecipeError, apply_overrides, grad_accum_steps,
                             recipe_changes, recipe_from_dict, validate)
 
@@ -222,13 +221,12 @@ def test_every_field_has_its_bad_values_listed():
 @pytest.mark.parametrize("field, value, context", [
     (field, value, context) for field, (values, context) in BAD_VALUES.items()
     for value in values])
-def test_a_bad_value_of_any_field_is_a_recipe_error_naming_it(tmp_path, field, value, context):
+def test_a_bad_value_of_any_field_is_a_recipe_error_naming_it(tmp_path, tiny_teacher, field,
+                                                              value, context):
     from scalekd.probe import check_probe_recipe
 
-    teacher = tmp_path / "teacher.safetensors"
-    write_tiny_teacher(teacher)  # a real file: the checks that read it pass
-    recipe = apply_overrides(valid_recipe(tmp_path), [
-        "student.name=vit_tiny_patch16_224", f"teacher.checkpoint={teacher}",
+    recipe = apply_overrides(valid_recipe(tmp_path), [  # a real teacher file: its checks pass
+        "student.name=vit_tiny_patch16_224", f"teacher.checkpoint={tiny_teacher}",
         "teacher.name=vit_tiny_patch16_224", "data.input_size=32", *context,
         f"{field}={value}"])
     check = check_probe_recipe if field.startswith("probe.") else validate

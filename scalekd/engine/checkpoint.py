@@ -131,9 +131,10 @@ class Checkpoints:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         failure = None
+        expected = _expected_bytes(accelerator, emas)
         try:
             if accelerator.is_main_process:
-                self._check_room()
+                self._check_room(expected)
                 tmp.mkdir(parents=True, exist_ok=True)
         except WRITE_ERRORS as err:
             failure = err
@@ -175,18 +176,18 @@ class Checkpoints:
         accelerator.wait_for_everyone()
         return final
 
-    def _check_room(self) -> None:
-        """OSError(ENOSPC) if the filesystem has less room than the last checkpoint took: found
-        before anything is written, so that every rank stops together (a rank failing inside
-        DeepSpeed's save while the others wait in its barriers would hang the run)."""
-        last = self.complete()[-1:]
-        if not last:
-            return
-        needed = sum(p.stat().st_size for p in last[0].rglob("*")
-                     if p.is_file() and UNIVERSAL not in p.relative_to(last[0]).parts)
-        free = shutil.disk_usage(self.folder).free
-        if free < needed:
-            raise OSError(errno.ENOSPC, f"the last checkpoint took {needed / 2**20:.1f} MiB")
+    def _check_room(self, expected: int) -> None:
+        """OSError(ENOSPC) if the filesystem has less room than the checkpoint needs (the
+        larger of `expected` and what the last one took): found before anything is written,
+        so that every rank stops together. A rank failing inside DeepSpeed's save while the
+        others wait in its barriers hangs the run (seen with ZeRO-3 on a full tmpfs)."""
+        needed = max([expected] + [
+            sum(p.stat().st_size for p in last.rglob("*")
+                if p.is_file() and UNIVERSAL not in p.relative_to(last).parts)
+            for last in self.complete()[-1:]])
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(self.folder).free < needed:
+            raise OSError(errno.ENOSPC, f"the checkpoint needs about {needed / 2**20:.1f} MiB")
 
     @staticmethod
     def load(accelerator: Accelerator, path: Path, emas: dict[str, torch.nn.Module]) -> int:
@@ -306,9 +307,36 @@ def _weights_only_engine(current):
 
 def _innermost(optimizer) -> list[dict]:
     """The param_groups of the torch optimizer under accelerate's and DeepSpeed's wrappers."""
+    return _torch_optimizer(optimizer).param_groups
+
+
+def _torch_optimizer(optimizer) -> torch.optim.Optimizer:
     while hasattr(optimizer, "optimizer"):
         optimizer = optimizer.optimizer
-    return optimizer.param_groups
+    return optimizer
+
+
+def _expected_bytes(accelerator: Accelerator, emas: dict[str, torch.nn.Module]) -> int:
+    """About what the next checkpoint takes, from the state in memory: each optimiser's
+    trained parameters (under ZeRO, DeepSpeed's fp32 partitions) and their state, and the EMAs.
+    Read from the optimiser's state, keyed by those parameters (DeepSpeed's ZeRO-3 empties its
+    torch optimiser's param_groups between steps). Under DeepSpeed every rank writes its own
+    partitions (summed over ranks); otherwise rank 0 writes the replicated whole. Collective:
+    every rank must call it."""
+    def size(tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors if torch.is_tensor(t))
+
+    local = 0
+    for optimizer in accelerator._optimizers:
+        for param, state in _torch_optimizer(optimizer).state.items():
+            local += size([param]) + size(state.values())
+    local += sum(size(ema.state_dict().values()) for ema in emas.values())
+    if accelerator.state.deepspeed_plugin is None or not (
+            dist.is_available() and dist.is_initialized() and accelerator.num_processes > 1):
+        return local
+    total = torch.tensor([float(local)], device=accelerator.device)
+    dist.all_reduce(total)
+    return int(total.item())
 
 
 def _files(folder: Path) -> list[str]:
@@ -365,7 +393,8 @@ def _has_checksums(path: Path) -> bool:
 def _problem(path: Path, checksums: bool) -> Optional[str]:
     """Why the checkpoint folder `path` cannot be trusted, or None. Markers come in three
     forms: {"checksum", "files": {name: {size, checksum}}} (verified in full when `checksums`),
-    {name: size} (older: sizes only) and empty (oldest: trusted as it was then)."""
+    {name: size} (older: sizes only) and empty (oldest: trusted as it was then). With
+    `checksums`, the processes' random states must load too (_rng_problem)."""
     if not (path / MARKER).is_file():
         return f"it has no {MARKER} marker"
     try:
@@ -373,7 +402,7 @@ def _problem(path: Path, checksums: bool) -> Optional[str]:
     except (OSError, ValueError) as err:
         return f"its {MARKER} marker is unreadable ({err})"
     if listed == "":  # written before markers listed files: trusted as it was then
-        return _rng_problem(path)
+        return _rng_problem(path) if checksums else None
     if not isinstance(listed, dict) or not listed:
         return f"its {MARKER} marker lists no files"
     entries = listed.get("files", listed)
@@ -394,7 +423,9 @@ def _problem(path: Path, checksums: bool) -> Optional[str]:
         if damaged:
             return (f"files do not match their {CHECKSUM} checksum in {MARKER} (damaged or "
                     f"edited since written): {', '.join(damaged)}")
-    return _rng_problem(path)
+    # with the checksums (the checkpoint latest() picks): a scan of every checkpoint would
+    # unpickle every RNG file of every checkpoint
+    return _rng_problem(path) if checksums else None
 
 
 def _rng_problem(path: Path) -> Optional[str]:

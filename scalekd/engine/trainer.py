@@ -332,7 +332,8 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
                 if s.ema is not None:
                     s.ema.update(s.module.student, step=step)
             if step % recipe.run.log_every == 0 or step == total_steps:
-                # the one host sync of a window: an all-reduce and a read of the loss sums
+                # where the host reads the device: the non-finite flags, the loss sums (one
+                # all-reduce, one transfer)
                 nonfinite.check(accelerator, checkpoints.latest)
                 scalars = {"memory/peak_gb": memory_gb(accelerator.device),
                            "progress/epoch": step / data.steps_per_epoch}

@@ -135,6 +135,21 @@ def test_augment_processes_deliver_the_main_process_batches(betons):
         assert torch.equal(x0, x2) and torch.equal(y0, y2)
 
 
+def test_resume_replays_randaugment_and_random_erasing(betons):
+    """README: on resume RandAugment and random erasing are bit-identical (a crop of the whole
+    square image and no flip make FFCV's own decoding deterministic)."""
+    r = recipe(betons, "aug.auto_augment=rand-m7-mstd0.5", "aug.re_prob=0.5",
+               "aug.scale=(1.0,1.0)", "aug.ratio=(1.0,1.0)", "aug.hflip=0",
+               "data.augment_workers=0")
+    images = SOURCES["ffcv"].load(r.data, "train")
+    plain = build_train_data(r, images, *NORM, 0, 1)
+    whole = [(x.clone(), y) for x, y in plain.epoch(2)]
+    resumed = list(build_train_data(r, images, *NORM, 0, 1).epoch(2, 3))
+    assert len(resumed) == len(whole) - 3
+    for (a, ya), (b, yb) in zip(whole[3:], resumed):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+
+
 def test_labelled_subsets_read_their_own_rows(betons):
     r = recipe(betons, "data.labels_per_class=2", "data.unlabelled=true")
     train = build_train_data(r, SOURCES["ffcv"].load(r.data, "train"), *NORM, 0, 1).loader

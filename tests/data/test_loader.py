@@ -94,3 +94,19 @@ def test_a_bad_interpolation_is_refused_before_any_compute():
     with pytest.raises(RecipeError, match="aug.interpolation='bicubical': timm cannot build"):
         validate(r)
     validate(apply_overrides(r, ["aug.interpolation=random"]))
+
+
+def test_uint8_random_erasing_is_applied_per_sample_and_resumes_identically():
+    """data.uint8=true erases on the batch (scalekd.data.on_batch): erased regions appear, and
+    a resumed epoch erases the same pixels as the whole epoch."""
+    r, images = synthetic("data.uint8=true", "aug.re_prob=1.0", "data.batch_size=20")
+    whole = list(build_train_data(r, images, *NORM, 0, 1).epoch(1))
+    resumed = list(build_train_data(r, images, *NORM, 0, 1).epoch(1, start_step=3))
+    assert len(resumed) == len(whole) - 3
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(whole[3:], resumed))
+    r0, _ = synthetic("data.uint8=true", "data.batch_size=20")
+    plain = list(build_train_data(r0, images, *NORM, 0, 1).epoch(1))
+    for (erased, _), (unerased, _) in zip(whole, plain):
+        changed = (erased != unerased).any(dim=1)  # per pixel
+        assert changed.flatten(1).any(dim=1).all()  # every image has an erased region
+        assert not changed.flatten(1).all(dim=1).any()  # but not the whole image

@@ -63,7 +63,7 @@ def test_channels_last_student_gives_the_eager_losses():
     assert_same_losses(got, want, 1e-4)
 
 
-@pytest.mark.slow  # torch.compile of a forward and backward: a minute on 2 busy cores
+@pytest.mark.slow  # torch.compile of a forward and backward: minutes on 2 busy cores
 def test_compiled_student_gives_the_eager_losses():
     want = step_losses(*kd_student(*VIT))
     model, optimizer, distiller = kd_student(*VIT, "student.compile=true")
