@@ -169,6 +169,8 @@ BAD_VALUES = {  # field -> (bad values, overrides that put it in play)
     "distill.dfm_weight": (["-0.1"], SCALEKD), "distill.dfm_beta": (["1.5"], SCALEKD),
     "distill.cap_heads": (["(-1,0)", "(4,)"], SCALEKD),
     "distill.cap_softmax_scale": (["0"], SCALEKD),
+    "distill.cap_norm": (["groupnorm"], SCALEKD), "distill.tpp_blocks": (["-1"], SCALEKD),
+    "distill.bce_reduction": (["sum"], []),
     "optim.name": (["sgdd"], []), "optim.lr": (["0", "-1"], []),
     "optim.weight_decay": (["-1"], []), "optim.momentum": (["1.5"], []),
     "optim.clip_grad": (["-1"], []), "optim.sched": (["cosinee"], []),
