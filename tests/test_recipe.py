@@ -139,7 +139,8 @@ BAD_VALUES = {  # field -> (bad values, overrides that put it in play)
     "run.name": ([""], []), "run.dir": (["", "runs/{nope}"], []), "run.seed": (["-1"], []),
     "run.epochs": (["0"], []), "run.precision": (["fp8"], []), "run.log_every": (["0"], []),
     "run.max_steps": (["-1"], []), "run.time_budget_s": (["-1"], []),
-    "run.steps_per_job": (["-1"], []),
+    "run.steps_per_job": (["-1"], []), "run.on_nonfinite": (["ignore"], []),
+    "run.max_skipped_steps": (["-1"], []),
     "data.source": (["webdataset"], []), "data.path": (["/nope"], ["data.source=imagefolder"]),
     "data.train_split": (["", "val"], []), "data.val_split": (["", "train"], []),
     "data.batch_size": (["0", "-16"], []), "data.grad_accum": (["0"], []),
@@ -156,6 +157,7 @@ BAD_VALUES = {  # field -> (bad values, overrides that put it in play)
     "aug.interpolation": (["cubic"], []), "aug.crop_pct": (["0", "1.5"], []),
     "student.name": (["resnet5O"], []), "student.checkpoint": (["/nope.safetensors"], []),
     "student.drop_path": (["1.5", "-0.1"], []),
+    "student.channels_last": (["true"], ["dist.zero_stage=2"]),
     "teacher.name": (["beit_huge_nope", ""], []), "teacher.checkpoint": (["/nope"], []),
     "teacher.input_size": (["4", "-1"], []), "teacher.dtype": (["fp16"], []),
     "teacher.attention": (["flash"], []), "teacher.placement": (["zero4"], []),
@@ -194,6 +196,7 @@ BAD_VALUES = {  # field -> (bad values, overrides that put it in play)
 ANY_VALUE = {
     "data.unlabelled", "data.os_cache", "data.uint8", "student.pretrained", "student.kwargs",
     "teacher.pretrained", "teacher.kwargs", "teacher.channels_last", "distill.tpp",
+    "student.compile",
     "eval.teacher", "probe.patch_mean", "probe.refit",
 }
 
