@@ -20,6 +20,7 @@ def run_check(tmp_path, *args: str):
 
 
 @pytest.mark.slow  # a dozen tiny training runs and a DeepSpeed engine: minutes on 2 cores
+@pytest.mark.timeout(2400)  # 19 minutes measured on the 2 shared cores at load 30-45
 def test_dry_run_runs_every_section(tmp_path):
     proc, report = run_check(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
