@@ -2,8 +2,9 @@
 
 import pytest
 
+from scalekd.engine.validation import validate
 from scalekd.recipe import (Recipe, RecipeError, apply_overrides, grad_accum_steps,
-                            recipe_changes, recipe_from_dict, validate)
+                            recipe_changes, recipe_from_dict)
 
 
 def valid_recipe(tmp_path) -> Recipe:
@@ -226,7 +227,7 @@ def test_every_field_has_its_bad_values_listed():
     for value in values])
 def test_a_bad_value_of_any_field_is_a_recipe_error_naming_it(tmp_path, tiny_teacher, field,
                                                               value, context):
-    from scalekd.probe import check_probe_recipe
+    from scalekd.tools.probe_teacher import check_probe_recipe
 
     recipe = apply_overrides(valid_recipe(tmp_path), [  # a real teacher file: its checks pass
         "student.name=vit_tiny_patch16_224", f"teacher.checkpoint={tiny_teacher}",

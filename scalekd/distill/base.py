@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Optional
 
@@ -24,6 +27,13 @@ def register_distiller(name: str) -> Callable[[type["Distiller"]], type["Distill
     return add
 
 
+def discover_methods(path: Iterable[str], package: str) -> None:
+    """Import every module of `package` (found on `path`), so that each method file registers
+    itself: adding a method edits no list."""
+    for module in pkgutil.iter_modules(path):
+        importlib.import_module(f"{package}.{module.name}")
+
+
 @dataclass
 class FeatureShapes:
     """(C, H, W) of the maps a feature method works on, measured on the real models."""
@@ -44,6 +54,9 @@ class Distiller(nn.Module):
     # teacher's feature maps in TeacherOutput.features; their __init__ takes FeatureShapes
     needs_features: ClassVar[bool] = False
     loss_terms: ClassVar[dict[str, float]] = {}  # term name -> default weight
+    # where the method comes in lists of methods shown to users (messages): the README's order;
+    # methods without one follow, in the order they register
+    listed_at: ClassVar[float] = float("inf")
 
     def __init__(self, recipe: Recipe, num_classes: int):
         super().__init__()
@@ -65,6 +78,16 @@ class Distiller(nn.Module):
         """The method's own checks of a recipe, run by `validate` before anything is built."""
         return []
 
+    @classmethod
+    def settings_problems(cls, recipe: Recipe) -> list[str]:
+        """distill.weights against the method's terms, then the method's own checks."""
+        problems = []
+        unknown = set(recipe.distill.weights) - set(cls.loss_terms)
+        if unknown:
+            problems.append(f"distill.weights has {sorted(unknown)}, not terms of "
+                            f"{recipe.distill.method!r}; its terms are {list(cls.loss_terms)}")
+        return problems + cls.recipe_problems(recipe)
+
     def hard_term(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"hard": the label loss}, or nothing with distill.hard_loss=none (VanillaKD Table 4's
         "-" rows: the student learns from the teacher alone)."""
@@ -76,6 +99,44 @@ class Distiller(nn.Module):
         """The trainer calls this before every step with the fractional epoch (optimiser steps
         done / steps per epoch), for methods whose loss follows a schedule (DKD's warm-up). The
         state is derived from the step, so resuming needs nothing saved. Default: no schedule."""
+
+
+def unknown_method(name: str) -> str:
+    return (f"distill.method={name!r} is not a registered method; "
+            f"choose one of {', '.join(sorted(DISTILLERS))}")
+
+
+def logit_methods() -> list[str]:
+    """The methods that need a teacher's logits only (a teacher cache holds nothing more)."""
+    return sorted((name for name, cls in DISTILLERS.items()
+                   if cls.needs_teacher and not cls.needs_features),
+                  key=lambda name: DISTILLERS[name].listed_at)
+
+
+def distill_setting_problems(recipe: Recipe) -> list[str]:
+    d = recipe.distill
+    checks = [
+        (d.temperature > 0, f"distill.temperature={d.temperature} must be > 0"),
+        (d.hard_loss in ("ce", "bce", "none"), "distill.hard_loss must be ce, bce or none"),
+        (d.bce_reduction in ("mean", "sum_classes"),
+         f"distill.bce_reduction={d.bce_reduction!r} must be mean or sum_classes"),
+        (d.dkd_warmup_epochs >= 0, "distill.dkd_warmup_epochs must be >= 0"),
+        (d.tpp_blocks >= 0, "distill.tpp_blocks must be >= 0 (0: the teacher's last "
+         "stage, or quarter of its blocks)"),
+    ]
+    return [msg for ok, msg in checks if not ok]
+
+
+def distill_value_problems(recipe: Recipe) -> list[str]:
+    d = recipe.distill
+    checks = [
+        (all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
+             for w in d.weights.values()),
+         f"distill.weights={d.weights}: each must be a number >= 0"),
+        (d.bce_target_thresh is None or 0 <= d.bce_target_thresh <= 1,
+         f"distill.bce_target_thresh={d.bce_target_thresh} must be None or in [0, 1]"),
+    ]
+    return [msg for ok, msg in checks if not ok]
 
 
 def create_distiller(recipe: Recipe, num_classes: int,

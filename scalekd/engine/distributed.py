@@ -9,10 +9,9 @@ from accelerate import Accelerator, DeepSpeedPlugin
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import InitProcessGroupKwargs
 
-from scalekd.data.loader import per_process_batch
 from scalekd.models.teacher import FrozenTeacher
-from scalekd.recipe import (Recipe, grad_accum_steps, launcher_precision, resolved_precision,
-                            resolved_zero_stage)
+from scalekd.recipe import (Recipe, grad_accum_steps, launcher_precision, per_process_batch,
+                            resolved_precision, resolved_zero_stage)
 
 
 def launched_world_size() -> int:

@@ -1,4 +1,4 @@
-"""One tiny teacher cache for the module tests of scalekd.teacher_cache."""
+"""One tiny teacher cache for the module tests of scalekd.data.teacher_cache."""
 
 import pytest
 

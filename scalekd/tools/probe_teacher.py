@@ -34,14 +34,14 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from scalekd.data import build_eval_loader
-from scalekd.data.loader import eval_interpolation
 from scalekd.data.classes import load_split
-from scalekd.data.loader import keep_labelled
+from scalekd.data.loader import eval_interpolation, keep_labelled
+from scalekd.engine.validation import validate
 from scalekd.models import FrozenTeacher, data_config
+from scalekd.models.probed_teacher import (HEAD_FILE, PROBE_FILE, ProbedModel, create_encoder,
+                                           has_class_token, make_head, teacher_record)
 from scalekd.models.teacher import freeze_teacher
-from scalekd.models.probe import (HEAD_FILE, PROBE_FILE, ProbedModel, create_encoder,
-                                  has_class_token, make_head, teacher_record)
-from scalekd.recipe import Recipe, RecipeError, validate
+from scalekd.recipe import Recipe, RecipeError
 
 
 @dataclass

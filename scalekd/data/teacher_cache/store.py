@@ -3,7 +3,7 @@
 The index names the teacher (timm name, checkpoint path and SHA-256), k (logits kept per crop),
 K (`draws` per image), the image and class counts, the augmentation the draws were made under,
 and the shards. Shard s holds images [s * shard_size, (s+1) * shard_size) of the training split:
-- "draws" int32 (n, K, 6): each draw's crop box, flip and seed (scalekd.teacher_cache.draws);
+- "draws" int32 (n, K, 6): each draw's crop box, flip and seed (scalekd.data.teacher_cache.draws);
 - "log_probs" float16 (n, K, k): the teacher's k largest log-probabilities, log_softmax of its
   logits over all classes, largest first;
 - "classes" int16 (int32 beyond 32,767 classes) (n, K, k): their classes.
