@@ -16,7 +16,6 @@ from scalekd.data.source import LabelledImages
 from scalekd.recipe import DataCfg, Recipe
 
 MANIFEST, IMAGES = "manifest.json", "images"
-TMP_PREFIX = ".tmp-"  # files being written; renamed when complete
 
 
 def mixed_set_problems(recipe: Recipe, distils: bool, per_step: int) -> list[str]:

@@ -33,6 +33,8 @@ from accelerate import Accelerator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from scalekd.files import sync_folder, write_atomically, write_text_atomically
+
 MARKER = "COMPLETE"
 # zlib's CRC-32 of every file, in the marker: it catches damage (flipped or garbled bytes, a
 # hand-edited file), not tampering (whoever can edit a file can edit the marker), and of the
@@ -171,6 +173,7 @@ class Checkpoints:
             if final.exists():  # a re-save of the same step (resume right after a save)
                 _remove(final)
             os.rename(tmp, final)
+            sync_folder(self.folder)  # the rename that makes the checkpoint visible, on disk
             for old in self.complete()[: -self.keep]:
                 _remove(old)
         accelerator.wait_for_everyone()
@@ -467,13 +470,10 @@ def write_run_file(path: Path, write: Callable[[Path], None], intact: str = "") 
     """`write(tmp)` a file then rename it to `path`, so that a failed write (a full disk) never
     leaves a half file under the real name; RunWriteError says what failed and, in `intact`,
     what is still there."""
-    tmp = path.with_name(f".tmp-{path.name}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
+        write_atomically(path, write)
     except WRITE_ERRORS as err:
-        tmp.unlink(missing_ok=True)
         raise RunWriteError(f"could not write {path} ({_cause(err)}; {_free(path.parent)}). "
                             f"{intact}Free space or point run.dir elsewhere, then run the same "
                             "command again") from err
@@ -525,8 +525,4 @@ def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+_write_synced = write_text_atomically  # a name of its own: tests make it fail
