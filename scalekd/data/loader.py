@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import numpy as np
 import timm
 import torch
-from timm.data import Mixup, create_transform
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 from torch.utils.data import DataLoader, Dataset
 
 from scalekd.data.ffcv_source import BetonImages, EvalBatches, TrainBatches
@@ -21,6 +21,7 @@ from scalekd.data.sampler import EpochBatches, MixedBatches, loader_generator
 from scalekd.data.source import LabelledImages, SkipCounter
 from scalekd.data.workers import leave_signals_to_trainer
 from scalekd.data.teacher_cache.labels import SoftLabelMixup
+from scalekd.data.transforms import train_transform
 from scalekd.data.teacher_cache.replay import replay_batches, replay_loader
 from scalekd.recipe import Recipe, RecipeError, grad_accum_steps, per_process_batch
 
@@ -144,8 +145,7 @@ def train_data_problems(recipe: Recipe) -> list[str]:
     problems = [msg for ok, msg in checks if not ok]
     if not problems:
         try:
-            create_transform(d.input_size, is_training=True, auto_augment=a.auto_augment or None,
-                             interpolation=a.interpolation)
+            train_transform(recipe, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
             create_transform(d.input_size, interpolation=eval_interpolation(a.interpolation, ""))
         except Exception as err:  # timm raises AssertionError, KeyError, ValueError
             problems.append(f"aug.auto_augment={a.auto_augment!r} / aug.interpolation="
@@ -184,12 +184,8 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std, rank: in
     elif cached:  # batches of (images, targets, the teacher's soft labels)
         loader = replay_loader(recipe, images, rows, len(base), mean, std, batches, device)
     else:
-        transform = create_transform(
-            d.input_size, is_training=True, scale=a.scale, ratio=a.ratio, hflip=a.hflip,
-            color_jitter=a.color_jitter, auto_augment=a.auto_augment or None,
-            interpolation=a.interpolation, mean=mean, std=std, re_prob=a.re_prob,
-            use_prefetcher=d.uint8,  # timm: uint8 out, normalisation and erasing left to us
-        )
+        # use_prefetcher: timm hands uint8 out, normalisation and erasing left to us
+        transform = train_transform(recipe, mean, std, use_prefetcher=d.uint8)
         loader = DataLoader(SeededTransform(images, transform), batch_sampler=batches,
                             num_workers=d.workers, persistent_workers=d.workers > 0,
                             pin_memory=torch.cuda.is_available(),

@@ -19,7 +19,8 @@ from scalekd.models.probed_teacher import create_probed_model
 from scalekd.models.student import model_known, unknown_model
 from scalekd.models.teacher_stages import TeacherStages
 from scalekd.models.weights import load_timm_model
-from scalekd.recipe import TeacherCfg
+from scalekd.models.student import data_config
+from scalekd.recipe import Recipe, TeacherCfg
 
 
 @dataclass
@@ -140,6 +141,14 @@ def create_teacher(cfg: TeacherCfg, num_classes: int, student_mean, student_std,
     else:
         model = load_timm_model(cfg, num_classes)
     return freeze_teacher(model, cfg, student_mean, student_std, student_size, cfg.compile)
+
+
+def recipe_teacher(recipe: Recipe, num_classes: int) -> FrozenTeacher:
+    """The recipe's teacher, fed what distillation feeds it: the student's pixels (normalised
+    for the student, at data.input_size), re-normalised and resized for the teacher."""
+    norm = data_config(recipe.student.name)
+    return create_teacher(recipe.teacher, num_classes, norm["mean"], norm["std"],
+                          recipe.data.input_size)
 
 
 # ---------------------------------------------------------------------------------------------

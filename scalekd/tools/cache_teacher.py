@@ -28,7 +28,8 @@ from scalekd.data.teacher_cache.store import (FORMAT, class_dtype, read_index, s
                                               size_estimate, write_index, write_shard)
 from scalekd.engine.logging import RunLog
 from scalekd.engine.validation import validate
-from scalekd.models import create_teacher, data_config
+from scalekd.models import data_config
+from scalekd.models.teacher import recipe_teacher
 from scalekd.recipe import Recipe, RecipeError
 
 CPU = torch.device("cpu")
@@ -139,8 +140,7 @@ def cache_teacher(recipe: Recipe, out: Path, draws: int, k: int, shard_size: int
 
     if todo:
         with torch.random.fork_rng():  # the teacher's (discarded) init draws no global RNG
-            teacher = create_teacher(recipe.teacher, num_classes, norm["mean"], norm["std"],
-                                     recipe.data.input_size).to(device)
+            teacher = recipe_teacher(recipe, num_classes).to(device)
         crops = DrawnCrops(images, Augmentation(recipe, norm["mean"], norm["std"]),
                            recipe.run.seed)
         loader = DataLoader(crops, batch_sampler=batches, num_workers=recipe.data.workers)
