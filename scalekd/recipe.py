@@ -156,6 +156,9 @@ class DistillCfg:
     # differ by 1000x, which moves the term's weight against the others as much
     bce_reduction: str = "mean"
     weights: dict[str, float] = field(default_factory=dict)  # per loss term; method defaults
+    # the method's own settings (its Distiller.Options), e.g. distill.options.margin=0.5 for a
+    # method that declares a `margin`: a new method needs no field here
+    options: dict[str, Any] = field(default_factory=dict)
     # dkd: ramp its TCKD/NCKD weights by min(e / this, 1) in the e-th epoch (1-based, per
     # epoch, as mdistiller); 0: off (VanillaKD's; mdistiller's ImageNet setting of 1 is no ramp)
     dkd_warmup_epochs: float = 0.0
@@ -209,7 +212,7 @@ class CheckpointCfg:
 
 
 @dataclass
-class DistCfg:
+class DistributedCfg:  # the recipe's `dist` section (its name in recipes and checkpoints)
     zero_stage: int = -1  # -1: as the launcher configures (DDP unless --use_deepspeed); 0, 2 or 3
 
 
@@ -248,7 +251,7 @@ class Recipe:
     optim: OptimCfg = field(default_factory=OptimCfg)
     ema: EmaCfg = field(default_factory=EmaCfg)
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
-    dist: DistCfg = field(default_factory=DistCfg)
+    dist: DistributedCfg = field(default_factory=DistributedCfg)  # processes, ZeRO
     eval: EvalCfg = field(default_factory=EvalCfg)
     probe: ProbeCfg = field(default_factory=ProbeCfg)
     # More students trained beside this one on the same batches and the same teacher forward
@@ -307,7 +310,7 @@ def _set(node: Any, parts: list[str], raw: str, full_key: str) -> None:
             raise RecipeError([f"unknown key {full_key!r}: {head!r} is a value, not a section"])
         return _set(value, rest, raw, full_key)
     try:
-        setattr(node, head, _coerce(raw, hints[head]))
+        setattr(node, head, coerce(raw, hints[head]))
     except (ValueError, SyntaxError) as err:
         raise RecipeError([f"{full_key}={raw!r}: {err}"]) from None
 
@@ -319,13 +322,14 @@ def _literal(raw: str) -> Any:
         return raw
 
 
-def _coerce(raw: str, hint: Any) -> Any:
+def coerce(raw: str, hint: Any) -> Any:
+    """The command-line text `raw` as a value of the type `hint` (ValueError if it is not)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if raw.lower() in ("none", "null", ""):
             return None
-        return _coerce(raw, next(a for a in args if a is not type(None)))
+        return coerce(raw, next(a for a in args if a is not type(None)))
     if hint is bool:
         if raw.lower() in ("1", "true", "yes", "on"):
             return True
@@ -386,10 +390,14 @@ def flat_items(spec: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def recipe_changes(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
-    """`key: old -> new` for every leaf that differs between two `Recipe.to_dict()` trees."""
+    """`key: old -> new` for every leaf that differs between two `Recipe.to_dict()` trees. A
+    field the earlier recipe does not have (added to scalekd since it was written) is not a
+    change: that run had its default."""
     changes = []
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key), after.get(key)
+        if prefix and key not in before:
+            continue
         if isinstance(old, dict) and isinstance(new, dict) and prefix.count(".") < 1:
             changes += recipe_changes(old, new, f"{prefix}{key}.")
         elif old != (list(new) if isinstance(new, tuple) else new):

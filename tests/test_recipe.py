@@ -168,6 +168,7 @@ BAD_VALUES = {  # field -> (bad values, overrides that put it in play)
     "distill.method": (["crd"], []), "distill.temperature": (["0", "-1"], []),
     "distill.hard_loss": (["mse"], []), "distill.bce_target_thresh": (["1.5"], []),
     "distill.weights": (["{'kd':-1}", "{'kd':'high'}", "{'crd':1}"], []),
+    "distill.options": (["{'margin':1}"], []),  # kd has none (tests/distill/test_registry.py)
     "distill.dkd_warmup_epochs": (["-1"], ["distill.method=dkd"]),
     "distill.dfm_weight": (["-0.1"], SCALEKD), "distill.dfm_beta": (["1.5"], SCALEKD),
     "distill.cap_heads": (["(-1,0)", "(4,)"], SCALEKD),

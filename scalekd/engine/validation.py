@@ -48,6 +48,8 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
             problems += online_teacher_problems(r.teacher, r.distill.method)
         problems += method.settings_problems(r)
         problems += compile_problems(r.teacher, r.distill.method, method.needs_features)
+    if method is not None:
+        problems += method.options_problems(r)
     if r.teacher.probe and method is not None and method.needs_teacher:
         problems += probe_problems(r.teacher, r.data, r.teacher.input_size or r.data.input_size,
                                    known_classes(r.data))
