@@ -45,8 +45,9 @@ def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None, *,
 
 
 def run_probe(recipe: Recipe, argv: Optional[list[str]] = None):
-    """Apply command-line overrides to `recipe` and probe its teacher (scalekd/tools/probe_teacher.py); a bad
-    recipe exits with its problems listed (status 2) before anything is built."""
+    """Apply command-line overrides to `recipe` and probe its teacher
+    (scalekd/tools/probe_teacher.py); a bad recipe exits with its problems listed (status 2)
+    before anything is built."""
     from scalekd.tools.probe_teacher import probe
 
     try:

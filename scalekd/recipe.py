@@ -224,7 +224,8 @@ class EvalCfg:
 
 @dataclass
 class ProbeCfg:
-    """`scalekd probe`: a head trained on the frozen teacher's features (scalekd/tools/probe_teacher.py)."""
+    """`scalekd probe`: a head trained on the frozen teacher's features
+    (scalekd/tools/probe_teacher.py)."""
 
     head: str = "mlp"  # linear | mlp (one hidden layer)
     hidden: int = 0  # the MLP's width; 0: the teacher's embedding width

@@ -21,7 +21,8 @@ def source_problems(cfg: DataCfg) -> list[str]:
     """data.source through the registry: the source's own checks, then data.classes."""
     source = SOURCES.get(cfg.source)
     if source is None:
-        return [f"data.source={cfg.source!r} is unknown; choose one of {', '.join(sorted(SOURCES))}"]
+        return [f"data.source={cfg.source!r} is unknown; choose one of "
+                f"{', '.join(sorted(SOURCES))}"]
     return source.check(cfg) + check_classes(cfg)
 
 
