@@ -24,8 +24,8 @@ from timm.utils import ModelEmaV3
 from scalekd.data import build_eval_loader, build_train_data
 from scalekd.data.classes import load_split
 from scalekd.distill import DISTILLERS, Distiller, FeatureShapes, create_distiller
-from scalekd.engine.checkpoint import (Checkpoints, CheckpointWriteError, RunWriteError,
-                                       write_run_file)
+from scalekd.engine.checkpoint import (PREFIX, Checkpoints, CheckpointWriteError,
+                                       RunWriteError, write_run_file)
 from scalekd.engine.distributed import (build_accelerator, launched_world_size, precision_note,
                                         release_accelerate_state, shard_teacher)
 from scalekd.engine.divergence import NonFiniteGuard
@@ -33,8 +33,8 @@ from scalekd.engine.evaluate import evaluate
 from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog, memory_gb
 from scalekd.engine.optimisation import build_optimiser
-from scalekd.engine.run_folder import FINISHED, check_fresh_start, clear
-from scalekd.engine.stopping import StopRequests
+from scalekd.engine.run_folder import FINISHED, STOPPED, check_fresh_start, clear
+from scalekd.engine.stopping import StopRequests, write_stop_record
 from scalekd.engine.validation import validate
 from scalekd.models import FrozenTeacher, create_student, create_teacher, data_config
 from scalekd.models.taps import StudentTaps
@@ -157,6 +157,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         write_run_file(recipe_file, _text(json.dumps(recipe.to_dict(), indent=2)))
         # the batch shell forwards the scheduler's signal here (slurm/train.sbatch)
         write_run_file(run_dir / "trainer.pid", _text(f"{os.getpid()}\n"))
+        (run_dir / STOPPED).unlink(missing_ok=True)  # a previous job's: never this one's
 
     # data: student normalisation; the teacher re-normalises the same augmented pixels
     norm = data_config(recipe.student.name)
@@ -345,6 +346,12 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         log.print(f"stopping at step {step} of {total_steps} ({stop}); checkpointed, resume by "
                   "running the same command again")
         log.close()
+        accelerator.wait_for_everyone()  # every rank has stopped after this step
+        if main:
+            write_stop_record(run_dir, step, total_steps, stop, stops.received,
+                              checkpoints.folder / f"{PREFIX}{step:09d}"
+                              if saved_step == step else None)
+        # no rank exits before the record is there: one launcher exiting makes srun end the rest
         accelerator.wait_for_everyone()
         _release(teacher, accelerator)
         return TrainResult(run_dir, {}, None, step, {}, finished=False)
