@@ -1,4 +1,6 @@
-"""The distiller interface, the registry, and the hard-label loss every method shares."""
+"""The distiller interface, the registry (filled by the method files themselves, which the
+package imports: `discover_methods`), the checks of distill.* every method shares, and the
+hard-label loss."""
 
 from __future__ import annotations
 
