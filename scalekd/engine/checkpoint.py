@@ -33,6 +33,7 @@ from accelerate import Accelerator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from scalekd.engine.distributed import any_rank
 from scalekd.files import sync_folder, write_atomically, write_text_atomically
 
 MARKER = "COMPLETE"
@@ -140,7 +141,8 @@ class Checkpoints:
                 tmp.mkdir(parents=True, exist_ok=True)
         except WRITE_ERRORS as err:
             failure = err
-        if not _any_rank(failure is not None, accelerator):  # also the barrier before writing
+        # also the barrier before writing
+        if not any_rank(failure is not None, device=accelerator.device):
             try:
                 accelerator.save_state(str(tmp))
                 if accelerator.is_main_process:
@@ -151,14 +153,15 @@ class Checkpoints:
                          "deepspeed": accelerator.state.deepspeed_plugin is not None}))
             except WRITE_ERRORS as err:
                 failure = err
-        if not _any_rank(failure is not None, accelerator):  # every rank has written its part
+        # every rank has written its part
+        if not any_rank(failure is not None, device=accelerator.device):
             try:
                 listed = _shared_manifest(tmp, accelerator)
                 if accelerator.is_main_process:
                     _write_synced(tmp / MARKER, json.dumps(listed, indent=1))
             except WRITE_ERRORS as err:
                 failure = err
-        if _any_rank(failure is not None, accelerator):
+        if any_rank(failure is not None, device=accelerator.device):
             if accelerator.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
             previous = self.complete()
@@ -506,14 +509,6 @@ def _remove(checkpoint: Path) -> None:
     aside = checkpoint.with_name(f".tmp-removed-{checkpoint.name}")
     os.rename(checkpoint, aside)
     shutil.rmtree(aside, ignore_errors=True)
-
-
-def _any_rank(flag: bool, accelerator: Accelerator) -> bool:
-    if not (dist.is_available() and dist.is_initialized() and accelerator.num_processes > 1):
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
 
 
 def ema_file(student: str) -> str:
