@@ -52,7 +52,8 @@ def push_timm_folder(folder: Path, repo_id: str, private: bool = False) -> str:
     # the model loaded from the folder carries its pretrained_cfg (preprocessing, classes), so
     # timm writes the folder's config.json again
     commit = push_to_hf_hub(load_timm_folder(folder), repo_id,
-                            commit_message="Add a scalekd-distilled student", private=private, safe_serialization=True)
+                            commit_message="Add a scalekd-distilled student", private=private,
+                            safe_serialization=True)
     return str(getattr(commit, "commit_url", commit))
 
 
