@@ -339,6 +339,7 @@ def _eval(args) -> None:
 
 
 def _export(args) -> None:
+    from scalekd.engine.checkpoint import RunFolderError
     from scalekd.engine.export_run import export_run
     from scalekd.engine.onnx_export import onnx_missing
     from scalekd.engine.saved_run import SavedRun
@@ -347,12 +348,14 @@ def _export(args) -> None:
     if missing:
         print(f"scalekd export --onnx: {missing}", file=sys.stderr)
         raise SystemExit(2)
-    try:
-        run = SavedRun(args.run, args.overrides, args.student)
+    try:  # no run, no weights (neither export nor checkpoint), a ZeRO-sharded checkpoint
+        done = export_run(SavedRun(args.run, args.overrides, args.student), args.ema, args.onnx)
     except (FileNotFoundError, ValueError, RecipeError) as err:
         print(f"scalekd export: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    done = export_run(run, args.ema, args.onnx)
+    except RunFolderError as err:  # a write that failed (disk full): what is intact
+        print(f"scalekd export: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     for path in done.files:
         print(path)
     if done.onnx_max_abs_diff is not None:

@@ -32,8 +32,16 @@ def test_export_rewrites_the_export_from_the_checkpoint(trained_tiny_run, tmp_pa
     assert (export / "alone" / "student_ema_timm" / "config.json").is_file()
 
 
-def test_export_of_no_run_says_so(tmp_path, capsys):
+def test_export_without_a_run_or_weights_says_so(trained_tiny_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["export", str(tmp_path)])
     assert exit_.value.code == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+    empty = tmp_path / "empty"  # a run stopped before its first checkpoint
+    empty.mkdir()
+    shutil.copy(trained_tiny_run / "recipe.json", empty)
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(empty)])
+    assert exit_.value.code == 2
+    assert "has neither an export/ nor a complete checkpoint" in capsys.readouterr().err
