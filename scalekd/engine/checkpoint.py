@@ -479,6 +479,26 @@ def write_run_file(path: Path, write: Callable[[Path], None], intact: str = "") 
                             "command again") from err
 
 
+def write_run_folder(path: Path, write: Callable[[Path], None], intact: str = "") -> None:
+    """`write(tmp)` a folder then swap it in for `path` (write_run_file for a folder written by
+    another library, e.g. timm's save_for_hf): a failed write leaves the previous folder, or
+    none, never a half one."""
+    tmp, old = path.with_name(f".tmp-{path.name}"), path.with_name(f".old-{path.name}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():  # rename cannot replace a non-empty folder
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except WRITE_ERRORS as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunWriteError(f"could not write {path}/ ({_cause(err)}; {_free(path.parent)}). "
+                            f"{intact}Free space or point run.dir elsewhere, then run the same "
+                            "command again") from err
+
+
 def _free(folder: Path) -> str:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
