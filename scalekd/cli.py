@@ -101,6 +101,32 @@ def main(argv: Optional[list[str]] = None) -> None:
                           "name -> labels)")
     evaluate.add_argument("--out", type=Path, help="JSON file (default: RUN/eval.json)")
 
+    export = commands.add_parser(
+        "export", help="(re)write a run's export/ (safetensors, timm folder; --onnx: ONNX)",
+        description="Rewrite RUN/export/<student>/: student.safetensors and .json, and "
+                    "student_timm/ (timm's save_for_hf folder: timm.create_model('local-dir:"
+                    "FOLDER', pretrained=True)), from the run's export, else its latest "
+                    "complete checkpoint; --onnx adds student.onnx (dynamic batch), checked "
+                    "with onnxruntime against PyTorch on evaluation images.")
+    export.add_argument("run", type=Path, help="the run folder (run.dir)")
+    export.add_argument("overrides", nargs="*", help="recipe overrides, as for eval")
+    export.add_argument("--onnx", action="store_true", help="also write student.onnx")
+    export.add_argument("--student", default="", help="which student of a multi-student run")
+    export.add_argument("--ema", action="store_true", help="the student's EMA weights")
+
+    push = commands.add_parser(
+        "push", help="upload a run's exported student to the Hugging Face Hub (timm's "
+        "push_to_hf_hub)",
+        description="Upload RUN/export/<student>/student_timm/ to the Hub repo REPO_ID with "
+                    "timm's push_to_hf_hub (created if missing; the only network use of an "
+                    "export); then anyone loads it with timm.create_model('hf-hub:REPO_ID', "
+                    "pretrained=True).")
+    push.add_argument("run", type=Path, help="the run folder (run.dir)")
+    push.add_argument("repo_id", help="e.g. your-name/resnet18-scalekd")
+    push.add_argument("--student", default="", help="which student of a multi-student run")
+    push.add_argument("--ema", action="store_true", help="the student's EMA weights")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+
     report = commands.add_parser("report", help="PNG figures of one or several runs' logs")
     report.add_argument("runs", type=Path, nargs="+", help="run folders, compared on each figure")
     report.add_argument("--out", type=Path, help="folder for the PNGs (default: RUN/report)")
@@ -209,6 +235,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         runpy.run_path(args.recipe, run_name="__main__")
     elif args.command == "eval":
         _eval(args)
+    elif args.command == "export":
+        _export(args)
+    elif args.command == "push":
+        _push(args)
     elif args.command == "report":
         from scalekd.diagnostics.report import plot_report
 
@@ -307,6 +337,43 @@ def _eval(args) -> None:
     metrics = evaluate_run(run, args.weights, args.ema, args.teacher, tuple(args.labels))
     print(format_report(metrics))
     print(write_json(metrics, args.out or args.run / "eval.json"))
+
+
+def _export(args) -> None:
+    from scalekd.engine.checkpoint import RunFolderError
+    from scalekd.engine.export_run import export_run
+    from scalekd.engine.onnx_export import onnx_missing
+    from scalekd.engine.saved_run import SavedRun
+
+    missing = onnx_missing() if args.onnx else ""
+    if missing:
+        print(f"scalekd export --onnx: {missing}", file=sys.stderr)
+        raise SystemExit(2)
+    try:  # no run, no weights (neither export nor checkpoint), a ZeRO-sharded checkpoint
+        done = export_run(SavedRun(args.run, args.overrides, args.student), args.ema, args.onnx)
+    except (FileNotFoundError, ValueError, RecipeError) as err:
+        print(f"scalekd export: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except RunFolderError as err:  # a write that failed (disk full): what is intact
+        print(f"scalekd export: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    for path in done.files:
+        print(path)
+    if done.onnx_max_abs_diff is not None:
+        print(f"onnxruntime vs PyTorch on {done.onnx_images} evaluation images: max abs diff "
+              f"{done.onnx_max_abs_diff:.3g} (fp32 logits)")
+
+
+def _push(args) -> None:
+    from scalekd.engine.timm_folder import push_timm_folder, timm_folder
+
+    folder = timm_folder(args.run / "export" / args.student,
+                         "student_ema" if args.ema else "student")
+    if not (folder / "config.json").is_file():
+        print(f"scalekd push: {folder} holds no timm export; write it with `scalekd export "
+              f"{args.run}`", file=sys.stderr)
+        raise SystemExit(2)
+    print(push_timm_folder(folder, args.repo_id, args.private))
 
 
 def _diagnose(args) -> None:

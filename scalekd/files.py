@@ -3,11 +3,13 @@ flushed to the disk, renamed onto the real name, and the folder flushed too (so 
 itself survives a crash). A reader finds the old file or the new one, never a mix; a failed write
 leaves nothing under the real name. What a run must never show half-done goes through here: the
 run's recipe.json, metrics.json and FINISHED, the export, checkpoint markers, probe.json, a teacher
-cache's index and shards, `scalekd mix` images and manifest, .beton files."""
+cache's index and shards, `scalekd mix` images and manifest, .beton files, the ONNX export; and
+whole folders another library writes (the timm export folder), swapped in."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,15 +37,44 @@ def write_text_atomically(path: Path | str, text: str) -> Path:
     return write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
+def write_folder_atomically(path: Path | str, write: Callable[[Path], None]) -> Path:
+    """`write(tmp)` a whole folder (another library's writer, e.g. timm's save_for_hf), flush
+    its files, then swap it in for `path` (the previous folder renamed aside first: a rename
+    cannot replace a non-empty folder); an error leaves the previous folder, or none, never a
+    half one."""
+    path = Path(path)
+    tmp, old = temporary_name(path), path.with_name(f".old-{path.name}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        write(tmp)
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                _flush(file)
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        sync_folder(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except Exception:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
 def publish(tmp: Path, path: Path) -> None:
     """Flush the finished file `tmp` to the disk and rename it onto `path` (same folder)."""
-    fd = os.open(tmp, os.O_RDONLY)
+    _flush(tmp)
+    os.replace(tmp, path)
+    sync_folder(path.parent)
+
+
+def _flush(file: Path) -> None:
+    fd = os.open(file, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
-    sync_folder(path.parent)
 
 
 def sync_folder(folder: Path) -> None:

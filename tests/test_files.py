@@ -33,3 +33,22 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
     with pytest.raises(OSError):
         files.write_atomically(path, half_then_fail)
     assert path.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["metrics.json"]
+
+
+def test_a_folder_that_fails_half_way_leaves_the_previous_one(tmp_path):
+    folder = files.write_folder_atomically(tmp_path / "student_timm", lambda tmp: (
+        tmp.mkdir(), (tmp / "config.json").write_text("old")))
+
+    def half_then_fail(tmp):
+        tmp.mkdir()
+        (tmp / "config.json").write_text("new")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        files.write_folder_atomically(folder, half_then_fail)
+    assert (folder / "config.json").read_text() == "old"
+    assert sorted(os.listdir(tmp_path)) == ["student_timm"]
+    files.write_folder_atomically(folder, lambda tmp: (tmp.mkdir(),
+                                                       (tmp / "config.json").write_text("new")))
+    assert (folder / "config.json").read_text() == "new"
+    assert sorted(os.listdir(tmp_path)) == ["student_timm"]

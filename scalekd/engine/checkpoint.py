@@ -34,7 +34,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from scalekd.engine.distributed import any_rank
-from scalekd.files import sync_folder, write_atomically, write_text_atomically
+from scalekd.files import (sync_folder, write_atomically, write_folder_atomically,
+                           write_text_atomically)
 
 MARKER = "COMPLETE"
 # zlib's CRC-32 of every file, in the marker: it catches damage (flipped or garbled bytes, a
@@ -478,6 +479,18 @@ def write_run_file(path: Path, write: Callable[[Path], None], intact: str = "") 
         write_atomically(path, write)
     except WRITE_ERRORS as err:
         raise RunWriteError(f"could not write {path} ({_cause(err)}; {_free(path.parent)}). "
+                            f"{intact}Free space or point run.dir elsewhere, then run the same "
+                            "command again") from err
+
+
+def write_run_folder(path: Path, write: Callable[[Path], None], intact: str = "") -> None:
+    """`write(tmp)` a folder then swap it in for `path` (write_run_file for a folder written by
+    another library, e.g. timm's save_for_hf): a failed write leaves the previous folder, or
+    none, never a half one."""
+    try:
+        write_folder_atomically(path, write)
+    except WRITE_ERRORS as err:
+        raise RunWriteError(f"could not write {path}/ ({_cause(err)}; {_free(path.parent)}). "
                             f"{intact}Free space or point run.dir elsewhere, then run the same "
                             "command again") from err
 
