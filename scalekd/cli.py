@@ -45,9 +45,10 @@ def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None, *,
 
 
 def run_probe(recipe: Recipe, argv: Optional[list[str]] = None):
-    """Apply command-line overrides to `recipe` and probe its teacher (scalekd/probe.py); a bad
-    recipe exits with its problems listed (status 2) before anything is built."""
-    from scalekd.probe import probe
+    """Apply command-line overrides to `recipe` and probe its teacher
+    (scalekd/tools/probe_teacher.py); a bad recipe exits with its problems listed (status 2)
+    before anything is built."""
+    from scalekd.tools.probe_teacher import probe
 
     try:
         return probe(apply_overrides(recipe, sys.argv[1:] if argv is None else argv))
@@ -57,13 +58,13 @@ def run_probe(recipe: Recipe, argv: Optional[list[str]] = None):
 
 
 def run_probe_first(distilled: Recipe, probe_command: str) -> None:
-    """Probe the teacher of `distilled` into its teacher.probe folder (scalekd.probe's
+    """Probe the teacher of `distilled` into its teacher.probe folder (scalekd.tools.probe_teacher's
     probe_recipe), unless a probe is there already. The probe computes the teacher's features
     on one device, so a multi-process launch finding no probe stops and names `probe_command`,
     which probes on one process."""
     from scalekd.engine.distributed import launched_world_size
-    from scalekd.models.probe import PROBE_FILE
-    from scalekd.probe import probe_recipe
+    from scalekd.models.probed_teacher import PROBE_FILE
+    from scalekd.tools.probe_teacher import probe_recipe
 
     folder = distilled.teacher.probe
     if (Path(folder) / PROBE_FILE).is_file():
@@ -201,7 +202,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         description="e.g. `scalekd probe teacher.name=vit_giant_patch14_dinov2 "
                     "teacher.checkpoint=dinov2_g.safetensors data.path=/data/cub "
                     "probe.blocks=3 probe.patch_mean=false run.dir=runs/probe_cub`; writes "
-                    "run.dir/probe.json and head.safetensors (scalekd/probe.py)")
+                    "run.dir/probe.json and head.safetensors (scalekd/tools/probe_teacher.py)")
     probe.add_argument("overrides", nargs="*", help="section.field=value (teacher.*, data.*, "
                        "aug.interpolation/crop_pct, probe.*, run.dir, run.seed)")
 
@@ -307,7 +308,7 @@ def _cache_teacher(args) -> None:
     import torch
     from accelerate import PartialState
 
-    from scalekd.teacher_cache.writer import cache_teacher, writer_problems
+    from scalekd.tools.cache_teacher import cache_teacher, writer_problems
 
     base = runpy.run_path(str(args.recipe))["recipe"]() if args.recipe else Recipe()
     try:

@@ -35,6 +35,15 @@ def consolidated_state(accelerator, model: torch.nn.Module) -> dict[str, torch.T
     return state
 
 
+STUDENT = "student."  # the student's keys in the trained model's (DistillationModel's) state
+
+
+def student_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The student's own entries of a trained model's state, under the timm model's keys
+    (the distiller's projectors and losses left out)."""
+    return {k[len(STUDENT):]: v for k, v in state.items() if k.startswith(STUDENT)}
+
+
 def export_student(state: dict[str, torch.Tensor], recipe: Recipe, num_classes: int,
                    folder: Path, intact: str = "", stem: str = "student") -> Path:
     """Write `stem.safetensors` (student keys only: projectors and losses dropped), `stem.json`,
@@ -42,9 +51,7 @@ def export_student(state: dict[str, torch.Tensor], recipe: Recipe, num_classes: 
     timm's save_for_hf writes (scalekd.engine.timm_folder). A write that fails (disk full)
     leaves no half file under any name: RunWriteError, with `intact` (what is still there) in
     its message."""
-    prefix = "student."
-    weights = {k[len(prefix):]: v.detach().cpu().contiguous().clone()
-               for k, v in state.items() if k.startswith(prefix)}
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in student_state(state).items()}
     path = folder / f"{stem}.safetensors"
     write_run_file(path, lambda tmp: save_file(weights, tmp,
                                                metadata={"timm_model": recipe.student.name}),

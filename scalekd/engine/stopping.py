@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import torch
 import torch.distributed as dist
 
 from scalekd.engine.checkpoint import write_run_file
+from scalekd.engine.distributed import any_rank, several_processes
 from scalekd.engine.run_folder import STOPPED
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -67,12 +67,11 @@ class StopRequests:
             left = self.time_budget_s - (_clock() - self.started)
             if left < 2 * step_s + 2 * save_s:  # room for one more step and a checkpoint
                 local = f"run.time_budget_s={self.time_budget_s:g} nearly spent"
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not several_processes():
             return local
         # a host tensor over a host (gloo) group: reading it never waits for the GPU's queue
-        flag = torch.tensor([1.0 if local else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._host_group())
-        return local or ("another rank stops" if flag.item() else None)
+        others = any_rank(local is not None, group=self._host_group())
+        return local or ("another rank stops" if others else None)
 
     def _host_group(self):
         """The default group if it is gloo already (CPU runs), else a gloo group over the same

@@ -18,8 +18,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 from accelerate.utils import extract_model_from_parallel, set_seed
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
 
@@ -34,14 +32,15 @@ from scalekd.engine.divergence import NonFiniteGuard
 from scalekd.engine.evaluate import evaluate
 from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog, memory_gb
+from scalekd.engine.optimisation import build_optimiser
 from scalekd.engine.run_folder import FINISHED, STOPPED, check_fresh_start, clear
 from scalekd.engine.stopping import StopRequests, write_stop_record
+from scalekd.engine.validation import validate
 from scalekd.models import FrozenTeacher, create_student, create_teacher, data_config
 from scalekd.models.taps import StudentTaps
 from scalekd.models.teacher import TeacherOutput
-from scalekd.recipe import (Recipe, recipe_changes, resolved_zero_stage, student_recipes,
-                            validate)
-from scalekd.teacher_cache.labels import teacher_output as cached_teacher_output
+from scalekd.models.teacher import soft_label_output as cached_teacher_output
+from scalekd.recipe import Recipe, recipe_changes, resolved_zero_stage, student_recipes
 
 
 class DistillationModel(nn.Module):
@@ -119,36 +118,8 @@ def build_student(recipe: Recipe, num_classes: int, steps_per_epoch: int,
         model = DistillationModel(student, distiller, recipe.student.channels_last)
     if recipe.student.compile:  # in place, compiled on the first call: state_dict keys unchanged
         model.compile()
-    o = recipe.optim
-    optimizer = create_optimizer_v2(model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
-                                    momentum=o.momentum)
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched=o.sched, num_epochs=recipe.run.epochs, warmup_epochs=o.warmup_epochs,
-        warmup_lr=o.warmup_lr, min_lr=o.min_lr, decay_epochs=o.decay_epochs,
-        decay_rate=o.decay_rate, step_on_epochs=False,
-        updates_per_epoch=steps_per_epoch,
-    )
+    optimizer, scheduler = build_optimiser(model, recipe, steps_per_epoch)
     return model, optimizer, scheduler, distiller
-
-
-def optimisation_problems(recipe: Recipe) -> list[str]:
-    """timm's own checks of optim.* (names, hyperparameters), from building the optimiser and
-    the schedule of `build_student` for one parameter, before any model is built."""
-    o, one = recipe.optim, nn.Linear(1, 1)
-    try:
-        optimizer = create_optimizer_v2(one, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
-                                        momentum=o.momentum)
-    except Exception as err:  # timm and torch raise several kinds
-        return [f"optim.name={o.name!r} with optim.lr/momentum/weight_decay: {err}"]
-    try:
-        scheduler, _ = create_scheduler_v2(
-            optimizer, sched=o.sched, num_epochs=recipe.run.epochs,
-            warmup_epochs=o.warmup_epochs, warmup_lr=o.warmup_lr, min_lr=o.min_lr,
-            decay_epochs=o.decay_epochs, decay_rate=o.decay_rate, step_on_epochs=False,
-            updates_per_epoch=1)
-    except Exception as err:
-        return [f"optim.sched={o.sched!r}: {err}"]
-    return [] if scheduler is not None else [f"optim.sched={o.sched!r} is not a timm scheduler"]
 
 
 def train(recipe: Recipe) -> TrainResult:
