@@ -56,7 +56,7 @@ from scalekd.kernels.kd_loss import FusedKDLoss, kd_loss_reference, triton_enabl
 from scalekd.models import data_config  # noqa: E402
 from scalekd.models.teacher import FrozenTeacher  # noqa: E402
 from scalekd.recipe import apply_overrides  # noqa: E402
-from scalekd.teacher_cache.writer import cache_teacher  # noqa: E402
+from scalekd.tools.cache_teacher import cache_teacher  # noqa: E402
 
 # the real sizes, and what --dry-run cuts them to: a block of each teacher, timm's 0.5M-parameter
 # test ResNet as the student, 32 px, one step; "steps" are timed after as many warm-up steps

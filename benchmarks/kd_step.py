@@ -48,7 +48,7 @@ from scalekd.engine.logging import read_scalars
 from scalekd.engine.trainer import train
 from scalekd.models import data_config
 from scalekd.recipe import Recipe, apply_overrides
-from scalekd.teacher_cache.writer import cache_teacher
+from scalekd.tools.cache_teacher import cache_teacher
 
 PAIRS = {  # label: (timm teacher, its kwargs, student, input size)
     "beitv2-l": ("beitv2_large_patch16_224", {}, "resnet50", 224),

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from scalekd.cli import run_probe, run_recipe
-from scalekd.models.probe import PROBE_FILE
+from scalekd.models.probed_teacher import PROBE_FILE
 from scalekd.recipe import Recipe, apply_overrides
 from seed_table import print_seed_table  # benchmarks/ is on sys.path
 

@@ -46,8 +46,8 @@ import torch
 
 from scalekd.cli import run_probe, run_recipe
 from scalekd.engine.logging import read_scalars
-from scalekd.models.probe import PROBE_FILE
-from scalekd.probe import probe_recipe
+from scalekd.models.probed_teacher import PROBE_FILE
+from scalekd.tools.probe_teacher import probe_recipe
 from scalekd.recipe import Recipe, apply_overrides
 from seed_table import print_seed_table  # benchmarks/ is on sys.path
 import probed_distillation as probed  # noqa: E402

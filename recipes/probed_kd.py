@@ -19,7 +19,8 @@ loss (1 - alpha) CE + alpha KD with equal weights (alpha = 0.5, section 4.3). Ou
 copy of the paper lost its values: the temperature T = 1 (VanillaKD's, kept for logit KD with
 strong teachers), SGD lr 0.1 and weight decay 1e-4 for a batch of 256 (the usual ResNet-50
 setting; the paper grid-searched them), RandAugment m9 for the paper's TrivialAugment (which
-timm lacks), and the MLP's hidden width = the teacher's embedding width (scalekd/models/probe.py).
+timm lacks), and the MLP's hidden width = the teacher's embedding width
+(scalekd/models/probed_teacher.py).
 For fine-grained tasks the paper takes 3 class tokens and no patch mean:
 `probe.blocks=3 probe.patch_mean=false`.
 """
@@ -27,9 +28,10 @@ For fine-grained tasks the paper takes 3 class tokens and no patch mean:
 import sys
 
 from scalekd.cli import run_probe_first, run_recipe
-from scalekd.probe import probe_recipe  # noqa: F401  (the probe of `recipe()`: benchmarks, tests)
 from scalekd.recipe import (AugCfg, DataCfg, DistillCfg, OptimCfg, ProbeCfg, Recipe, RunCfg,
                             StudentCfg, TeacherCfg, apply_overrides)
+# the probe of `recipe()`, for the benchmarks and tests
+from scalekd.tools.probe_teacher import probe_recipe  # noqa: F401
 
 DINOV2_L = "vit_large_patch14_dinov2.lvd142m"
 

@@ -46,11 +46,11 @@ eva02_large_patch14_* are EVA-02 (rotary position embedding, SwiGLU MLPs, anothe
 
 Teachers: Swin-L and EVA-L come from the Hugging Face hub by their timm names (1000-class
 heads). DINOv2's weights have no ImageNet head: the pair dinov2g_r50 is a probed teacher
-(`teacher.probe`, scalekd/probe.py): a linear head trained on the frozen encoder's features
-first, into teacher.probe=runs/dinov2g_probe, then encoder + head teach (KD from the head's
-logits, CAP/DFM/TPP on the encoder's final patch tokens and last blocks). Run on one process,
-the recipe probes when that folder holds no probe yet, then distils; before a multi-process
-launch, probe on one process with `probe` as the first argument:
+(`teacher.probe`, scalekd/tools/probe_teacher.py): a linear head trained on the frozen
+encoder's features first, into teacher.probe=runs/dinov2g_probe, then encoder + head teach (KD
+from the head's logits, CAP/DFM/TPP on the encoder's final patch tokens and last blocks). Run
+on one process, the recipe probes when that folder holds no probe yet, then distils; before a
+multi-process launch, probe on one process with `probe` as the first argument:
 
     python recipes/scalekd_in1k.py probe pair=dinov2g_r50 data.path=/data/imagenet
     accelerate launch --config_file launchers/multi_gpu.yaml recipes/scalekd_in1k.py \\

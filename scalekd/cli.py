@@ -45,9 +45,10 @@ def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None, *,
 
 
 def run_probe(recipe: Recipe, argv: Optional[list[str]] = None):
-    """Apply command-line overrides to `recipe` and probe its teacher (scalekd/probe.py); a bad
-    recipe exits with its problems listed (status 2) before anything is built."""
-    from scalekd.probe import probe
+    """Apply command-line overrides to `recipe` and probe its teacher
+    (scalekd/tools/probe_teacher.py); a bad recipe exits with its problems listed (status 2)
+    before anything is built."""
+    from scalekd.tools.probe_teacher import probe
 
     try:
         return probe(apply_overrides(recipe, sys.argv[1:] if argv is None else argv))
@@ -57,13 +58,13 @@ def run_probe(recipe: Recipe, argv: Optional[list[str]] = None):
 
 
 def run_probe_first(distilled: Recipe, probe_command: str) -> None:
-    """Probe the teacher of `distilled` into its teacher.probe folder (scalekd.probe's
+    """Probe the teacher of `distilled` into its teacher.probe folder (scalekd.tools.probe_teacher's
     probe_recipe), unless a probe is there already. The probe computes the teacher's features
     on one device, so a multi-process launch finding no probe stops and names `probe_command`,
     which probes on one process."""
     from scalekd.engine.distributed import launched_world_size
-    from scalekd.models.probe import PROBE_FILE
-    from scalekd.probe import probe_recipe
+    from scalekd.models.probed_teacher import PROBE_FILE
+    from scalekd.tools.probe_teacher import probe_recipe
 
     folder = distilled.teacher.probe
     if (Path(folder) / PROBE_FILE).is_file():
@@ -99,6 +100,32 @@ def main(argv: Optional[list[str]] = None) -> None:
                           help="re-labelled sets (ImageNet-ReaL real.json, or JSON/CSV of file "
                           "name -> labels)")
     evaluate.add_argument("--out", type=Path, help="JSON file (default: RUN/eval.json)")
+
+    export = commands.add_parser(
+        "export", help="(re)write a run's export/ (safetensors, timm folder; --onnx: ONNX)",
+        description="Rewrite RUN/export/<student>/: student.safetensors and .json, and "
+                    "student_timm/ (timm's save_for_hf folder: timm.create_model('local-dir:"
+                    "FOLDER', pretrained=True)), from the run's export, else its latest "
+                    "complete checkpoint; --onnx adds student.onnx (dynamic batch), checked "
+                    "with onnxruntime against PyTorch on evaluation images.")
+    export.add_argument("run", type=Path, help="the run folder (run.dir)")
+    export.add_argument("overrides", nargs="*", help="recipe overrides, as for eval")
+    export.add_argument("--onnx", action="store_true", help="also write student.onnx")
+    export.add_argument("--student", default="", help="which student of a multi-student run")
+    export.add_argument("--ema", action="store_true", help="the student's EMA weights")
+
+    push = commands.add_parser(
+        "push", help="upload a run's exported student to the Hugging Face Hub (timm's "
+        "push_to_hf_hub)",
+        description="Upload RUN/export/<student>/student_timm/ to the Hub repo REPO_ID with "
+                    "timm's push_to_hf_hub (created if missing; the only network use of an "
+                    "export); then anyone loads it with timm.create_model('hf-hub:REPO_ID', "
+                    "pretrained=True).")
+    push.add_argument("run", type=Path, help="the run folder (run.dir)")
+    push.add_argument("repo_id", help="e.g. your-name/resnet18-scalekd")
+    push.add_argument("--student", default="", help="which student of a multi-student run")
+    push.add_argument("--ema", action="store_true", help="the student's EMA weights")
+    push.add_argument("--private", action="store_true", help="create the repo private")
 
     report = commands.add_parser("report", help="PNG figures of one or several runs' logs")
     report.add_argument("runs", type=Path, nargs="+", help="run folders, compared on each figure")
@@ -175,7 +202,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         description="e.g. `scalekd probe teacher.name=vit_giant_patch14_dinov2 "
                     "teacher.checkpoint=dinov2_g.safetensors data.path=/data/cub "
                     "probe.blocks=3 probe.patch_mean=false run.dir=runs/probe_cub`; writes "
-                    "run.dir/probe.json and head.safetensors (scalekd/probe.py)")
+                    "run.dir/probe.json and head.safetensors (scalekd/tools/probe_teacher.py)")
     probe.add_argument("overrides", nargs="*", help="section.field=value (teacher.*, data.*, "
                        "aug.interpolation/crop_pct, probe.*, run.dir, run.seed)")
 
@@ -208,6 +235,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         runpy.run_path(args.recipe, run_name="__main__")
     elif args.command == "eval":
         _eval(args)
+    elif args.command == "export":
+        _export(args)
+    elif args.command == "push":
+        _push(args)
     elif args.command == "report":
         from scalekd.diagnostics.report import plot_report
 
@@ -277,7 +308,7 @@ def _cache_teacher(args) -> None:
     import torch
     from accelerate import PartialState
 
-    from scalekd.teacher_cache.writer import cache_teacher, writer_problems
+    from scalekd.tools.cache_teacher import cache_teacher, writer_problems
 
     base = runpy.run_path(str(args.recipe))["recipe"]() if args.recipe else Recipe()
     try:
@@ -306,6 +337,43 @@ def _eval(args) -> None:
     metrics = evaluate_run(run, args.weights, args.ema, args.teacher, tuple(args.labels))
     print(format_report(metrics))
     print(write_json(metrics, args.out or args.run / "eval.json"))
+
+
+def _export(args) -> None:
+    from scalekd.engine.checkpoint import RunFolderError
+    from scalekd.engine.export_run import export_run
+    from scalekd.engine.onnx_export import onnx_missing
+    from scalekd.engine.saved_run import SavedRun
+
+    missing = onnx_missing() if args.onnx else ""
+    if missing:
+        print(f"scalekd export --onnx: {missing}", file=sys.stderr)
+        raise SystemExit(2)
+    try:  # no run, no weights (neither export nor checkpoint), a ZeRO-sharded checkpoint
+        done = export_run(SavedRun(args.run, args.overrides, args.student), args.ema, args.onnx)
+    except (FileNotFoundError, ValueError, RecipeError) as err:
+        print(f"scalekd export: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except RunFolderError as err:  # a write that failed (disk full): what is intact
+        print(f"scalekd export: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    for path in done.files:
+        print(path)
+    if done.onnx_max_abs_diff is not None:
+        print(f"onnxruntime vs PyTorch on {done.onnx_images} evaluation images: max abs diff "
+              f"{done.onnx_max_abs_diff:.3g} (fp32 logits)")
+
+
+def _push(args) -> None:
+    from scalekd.engine.timm_folder import push_timm_folder, timm_folder
+
+    folder = timm_folder(args.run / "export" / args.student,
+                         "student_ema" if args.ema else "student")
+    if not (folder / "config.json").is_file():
+        print(f"scalekd push: {folder} holds no timm export; write it with `scalekd export "
+              f"{args.run}`", file=sys.stderr)
+        raise SystemExit(2)
+    print(push_timm_folder(folder, args.repo_id, args.private))
 
 
 def _diagnose(args) -> None:

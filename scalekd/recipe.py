@@ -1,8 +1,9 @@
-"""The typed description of a run: a tree of dataclasses, dotted-key overrides, validation.
+"""The typed description of a run: a tree of dataclasses, dotted-key overrides, (de)serialisation.
 
 A recipe file builds a `Recipe`, the command line overrides any leaf with `section.field=value`
-(`optim.lr=3e-3`, `student.kwargs.img_size=32`), and `validate` checks everything that can be
-checked before a model is built or a batch is read, reporting every problem in one error.
+(`optim.lr=3e-3`, `student.kwargs.img_size=32`). This module is data only and imports nothing
+of the package (the bottom layer, pyproject.toml's import contracts): the checks of the values
+belong to the components that use them, and `scalekd.engine.validation.validate` composes them.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ class TeacherCfg:
     # head trained there on its frozen features; logit methods only
     probe: str = ""
     # online: run the teacher on every batch | cached: replay the crops and top-k logits that
-    # `scalekd cache-teacher` stored in `cache` (logit methods; scalekd.teacher_cache)
+    # `scalekd cache-teacher` stored in `cache` (logit methods; scalekd.data.teacher_cache)
     mode: str = "online"
     cache: str = ""
 
@@ -158,6 +159,9 @@ class DistillCfg:
     # differ by 1000x, which moves the term's weight against the others as much
     bce_reduction: str = "mean"
     weights: dict[str, float] = field(default_factory=dict)  # per loss term; method defaults
+    # the method's own settings (its Distiller.Options), e.g. distill.options.margin=0.5 for a
+    # method that declares a `margin`: a new method needs no field here
+    options: dict[str, Any] = field(default_factory=dict)
     # dkd: ramp its TCKD/NCKD weights by min(e / this, 1) in the e-th epoch (1-based, per
     # epoch, as mdistiller); 0: off (VanillaKD's; mdistiller's ImageNet setting of 1 is no ramp)
     dkd_warmup_epochs: float = 0.0
@@ -211,7 +215,7 @@ class CheckpointCfg:
 
 
 @dataclass
-class DistCfg:
+class DistributedCfg:  # the recipe's `dist` section (its name in recipes and checkpoints)
     zero_stage: int = -1  # -1: as the launcher configures (DDP unless --use_deepspeed); 0, 2 or 3
 
 
@@ -223,7 +227,8 @@ class EvalCfg:
 
 @dataclass
 class ProbeCfg:
-    """`scalekd probe`: a head trained on the frozen teacher's features (scalekd/probe.py)."""
+    """`scalekd probe`: a head trained on the frozen teacher's features
+    (scalekd/tools/probe_teacher.py)."""
 
     head: str = "mlp"  # linear | mlp (one hidden layer)
     hidden: int = 0  # the MLP's width; 0: the teacher's embedding width
@@ -250,7 +255,7 @@ class Recipe:
     optim: OptimCfg = field(default_factory=OptimCfg)
     ema: EmaCfg = field(default_factory=EmaCfg)
     checkpoint: CheckpointCfg = field(default_factory=CheckpointCfg)
-    dist: DistCfg = field(default_factory=DistCfg)
+    dist: DistributedCfg = field(default_factory=DistributedCfg)  # processes, ZeRO
     eval: EvalCfg = field(default_factory=EvalCfg)
     probe: ProbeCfg = field(default_factory=ProbeCfg)
     # More students trained beside this one on the same batches and the same teacher forward
@@ -283,7 +288,7 @@ def recipe_from_dict(spec: dict[str, Any]) -> Recipe:
     # JSON turns tuples into lists; every sequence field of a recipe is a tuple
     return apply_overrides(Recipe(), [
         f"{key}={_as_text(tuple(value) if isinstance(value, list) else value)}"
-        for key, value in _flatten(spec)])
+        for key, value in flat_items(spec)])
 
 
 def _set(node: Any, parts: list[str], raw: str, full_key: str) -> None:
@@ -309,7 +314,7 @@ def _set(node: Any, parts: list[str], raw: str, full_key: str) -> None:
             raise RecipeError([f"unknown key {full_key!r}: {head!r} is a value, not a section"])
         return _set(value, rest, raw, full_key)
     try:
-        setattr(node, head, _coerce(raw, hints[head]))
+        setattr(node, head, coerce(raw, hints[head]))
     except (ValueError, SyntaxError) as err:
         raise RecipeError([f"{full_key}={raw!r}: {err}"]) from None
 
@@ -321,13 +326,14 @@ def _literal(raw: str) -> Any:
         return raw
 
 
-def _coerce(raw: str, hint: Any) -> Any:
+def coerce(raw: str, hint: Any) -> Any:
+    """The command-line text `raw` as a value of the type `hint` (ValueError if it is not)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if raw.lower() in ("none", "null", ""):
             return None
-        return _coerce(raw, next(a for a in args if a is not type(None)))
+        return coerce(raw, next(a for a in args if a is not type(None)))
     if hint is bool:
         if raw.lower() in ("1", "true", "yes", "on"):
             return True
@@ -355,7 +361,7 @@ def _example(kind: type) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# validation
+# several students
 
 
 # what may differ between the students of one run (the rest is one batch, one teacher pass)
@@ -368,7 +374,7 @@ def student_recipes(recipe: Recipe) -> dict[str, Recipe]:
     out = {"": base}
     for name, spec in recipe.students.items():
         out[name] = apply_overrides(base, [f"{key}={_as_text(value)}"
-                                           for key, value in _flatten(spec)])
+                                           for key, value in flat_items(spec)])
     return out
 
 
@@ -376,312 +382,26 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else repr(value)
 
 
-def _flatten(spec: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def flat_items(spec: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) for every leaf of a nested dict of overrides."""
     items = []
     for key, value in spec.items():
         if isinstance(value, dict) and value:
-            items += _flatten(value, f"{prefix}{key}.")
+            items += flat_items(value, f"{prefix}{key}.")
         else:
             items.append((f"{prefix}{key}", value))
     return items
 
 
-def _student_problems(recipe: Recipe, world_size: int) -> list[str]:
-    problems = []
-    for name, spec in recipe.students.items():
-        label = f"students.{name}"
-        if not name.replace("_", "").replace("-", "").isalnum():
-            problems.append(f"{label}: a student name becomes a folder; use letters, digits, _ -")
-        shared = [k for k, _ in _flatten(spec) if k.split(".")[0] not in PER_STUDENT_SECTIONS]
-        if shared:
-            problems.append(
-                f"{label} sets {shared}, which all students of a run share (one batch, one "
-                f"teacher pass); only {', '.join(s + '.*' for s in PER_STUDENT_SECTIONS)} differ"
-            )
-            continue
-        try:
-            own = student_recipes(recipe)[name]
-            validate(own, world_size)
-        except RecipeError as err:
-            problems += [f"{label}: {p}" for p in err.problems]
-            continue
-        if own.distill.tpp_blocks != recipe.distill.tpp_blocks:
-            problems.append(f"{label}: the students share the teacher's proxy path; keep the "
-                            f"recipe's distill.tpp_blocks={recipe.distill.tpp_blocks}")
-    if recipe.students and resolved_zero_stage(recipe) > 0:
-        problems.append("several students need DDP (dist.zero_stage=0): accelerate drives one "
-                        "DeepSpeed engine per run")
-    return problems
-
-
-def validate(recipe: Recipe, world_size: int = 1) -> None:
-    """Check the recipe before any compute; raise one RecipeError listing every problem."""
-    import timm
-
-    from scalekd.data import SOURCES
-    from scalekd.data.classes import check_classes
-    from scalekd.distill import DISTILLERS
-    from scalekd.teacher_cache import cache_problems
-
-    problems: list[str] = []
-    r = recipe
-
-    def model_known(name: str) -> bool:
-        return timm.is_model(name) or name.startswith("hf-hub:")
-
-    if not model_known(r.student.name):
-        problems.append(_unknown_model("student.name", r.student.name))
-
-    method = DISTILLERS.get(r.distill.method)
-    if method is None:
-        problems.append(
-            f"distill.method={r.distill.method!r} is not a registered method; "
-            f"choose one of {', '.join(sorted(DISTILLERS))}"
-        )
-    elif method.needs_teacher:
-        online = r.teacher.mode != "cached"  # a cached teacher is the cache's (cache_problems)
-        if online and not r.teacher.name:
-            problems.append(
-                f"distill.method={r.distill.method!r} needs a teacher: set teacher.name=<timm model>"
-            )
-        elif online and not model_known(r.teacher.name):
-            problems.append(_unknown_model("teacher.name", r.teacher.name))
-        elif online and not r.teacher.checkpoint and not r.teacher.pretrained:
-            problems.append(
-                f"teacher {r.teacher.name!r} has no weights: pass teacher.checkpoint=/path/to/weights"
-                " (.safetensors or .pth), or teacher.pretrained=true to download timm's weights"
-                " for that name from the Hugging Face hub"
-            )
-        unknown = set(r.distill.weights) - set(method.loss_terms)
-        if unknown:
-            problems.append(
-                f"distill.weights has {sorted(unknown)}, not terms of {r.distill.method!r}; "
-                f"its terms are {list(method.loss_terms)}"
-            )
-        problems += method.recipe_problems(r)
-        if r.teacher.compile and method.needs_features:
-            problems.append(
-                f"teacher.compile=true: distill.method={r.distill.method!r} taps the teacher's "
-                "features with hooks, which torch.compile would re-trace every step; compile "
-                "serves logit methods: set teacher.compile=false")
-    if r.teacher.probe and method is not None and method.needs_teacher:
-        problems += _probe_problems(r)
-    problems += cache_problems(r)
-    # a cached run never loads the teacher: its weights may stay where the cache was written
-    teacher_weights = r.teacher.checkpoint if r.teacher.mode != "cached" else ""
-    for label, path in (("teacher.checkpoint", teacher_weights),
-                        ("student.checkpoint", r.student.checkpoint)):
-        if path and not Path(path).is_file():
-            problems.append(f"{label}={path!r} does not exist; give the path of a weights file")
-
-    source = SOURCES.get(r.data.source)
-    if source is None:
-        problems.append(
-            f"data.source={r.data.source!r} is unknown; choose one of {', '.join(sorted(SOURCES))}"
-        )
-    else:
-        problems += source.check(r.data) + check_classes(r.data)
-
-    accum = grad_accum_steps(r, world_size)
-    per_step = world_size * max(accum, 1)
-    if r.data.batch_size <= 0 or r.data.grad_accum <= 0 or r.data.device_batch < 0:
-        problems.append("data.batch_size and data.grad_accum must be positive, "
-                        "data.device_batch positive or 0")
-    elif r.data.device_batch and r.data.grad_accum != 1:
-        problems.append(f"data.device_batch={r.data.device_batch} derives the accumulation; "
-                        f"drop data.grad_accum={r.data.grad_accum} (or data.device_batch)")
-    elif not accum:
-        problems.append(
-            f"no accumulation count splits data.batch_size={r.data.batch_size} over "
-            f"{world_size} process(es) into equal micro-batches of at most "
-            f"data.device_batch={r.data.device_batch}; choose a batch size with more divisors")
-    elif r.data.batch_size % per_step:
-        problems.append(
-            f"data.batch_size={r.data.batch_size} (global) is not divisible by "
-            f"{world_size} process(es) x data.grad_accum={r.data.grad_accum}; choose a multiple "
-            f"of {per_step}"
-        )
-    elif (r.aug.mixup > 0 or r.aug.cutmix > 0) and (r.data.batch_size // per_step) % 2:
-        problems.append(
-            f"Mixup/CutMix pair images within a batch and need an even per-process batch; "
-            f"data.batch_size={r.data.batch_size} gives {r.data.batch_size // per_step}"
-        )
-    if r.data.unlabelled and not r.data.labels_per_class:
-        problems.append("data.unlabelled=true needs data.labels_per_class > 0 (which images "
-                        "keep their labels)")
-    if r.data.unlabelled and method is not None and not method.needs_teacher:
-        problems.append(f"data.unlabelled=true: unlabelled images only feed distillation terms, "
-                        f"and distill.method={r.distill.method!r} has none")
-    if (r.aug.mixup > 0 or r.aug.cutmix > 0) and r.data.unlabelled:
-        problems.append("Mixup/CutMix cannot mix labels of unlabelled images: set aug.mixup=0 "
-                        "aug.cutmix=0 or data.unlabelled=false")
-    if r.data.mixed:
-        problems += _mixed_problems(r, method, per_step)
-
-    checks = [
-        (r.run.epochs > 0, "run.epochs must be positive"),
-        (r.run.precision in ("auto", *PRECISIONS),
-         f"run.precision={r.run.precision!r} must be auto (the launcher's), no, bf16 or fp16"),
-        (r.run.precision != "auto" or resolved_precision(r) in PRECISIONS,
-         f"the launcher's mixed precision {resolved_precision(r)!r} (ACCELERATE_MIXED_PRECISION)"
-         " is not supported: launch with --mixed_precision no, bf16 or fp16, or set "
-         "run.precision"),
-        (r.optim.lr > 0, f"optim.lr={r.optim.lr} must be positive"),
-        (r.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
-        (r.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
-        (r.distill.temperature > 0, f"distill.temperature={r.distill.temperature} must be > 0"),
-        (r.distill.hard_loss in ("ce", "bce", "none"), "distill.hard_loss must be ce, bce or none"),
-        (r.distill.bce_reduction in ("mean", "sum_classes"),
-         f"distill.bce_reduction={r.distill.bce_reduction!r} must be mean or sum_classes"),
-        (r.distill.dkd_warmup_epochs >= 0, "distill.dkd_warmup_epochs must be >= 0"),
-        (r.distill.tpp_blocks >= 0, "distill.tpp_blocks must be >= 0 (0: the teacher's last "
-         "stage, or quarter of its blocks)"),
-        (r.teacher.dtype in ("bf16", "fp32"), "teacher.dtype must be bf16 or fp32"),
-        (r.teacher.placement in ("replicated", "zero3"),
-         "teacher.placement must be replicated or zero3"),
-        (r.teacher.attention in ("sdpa", "eager", "xformers"),
-         f"teacher.attention={r.teacher.attention!r} must be sdpa, eager or xformers"),
-        (not (r.teacher.compile and r.teacher.placement == "zero3"),
-         "teacher.compile=true needs teacher.placement=replicated (DeepSpeed runs a sharded "
-         "teacher's forward itself)"),
-        (0 <= r.ema.decay < 1, "ema.decay must be in [0, 1)"),
-        (r.checkpoint.keep >= 1, "checkpoint.keep must be at least 1"),
-        (r.dist.zero_stage in (-1, 0, 2, 3), "dist.zero_stage must be -1 (launcher), 0, 2 or 3"),
-        (0 <= r.aug.smoothing < 1, "aug.smoothing must be in [0, 1)"),
-        (r.aug.repeated_aug >= 1, "aug.repeated_aug must be >= 1"),
-        (r.data.bad_files in ("error", "skip"), "data.bad_files must be error or skip"),
-        (r.data.augment_workers >= -1, "data.augment_workers must be -1 (data.workers), 0 (the "
-         "main process) or a process count"),
-        (r.data.input_size >= 8, f"data.input_size={r.data.input_size} is too small"),
-        (r.checkpoint.resume in ("auto", "never", "overwrite")
-         or Path(r.checkpoint.resume).is_dir(),
-         f"checkpoint.resume={r.checkpoint.resume!r} must be auto, never, overwrite or a "
-         "checkpoint folder"),
-        (r.checkpoint.on_error in ("stop", "continue"),
-         "checkpoint.on_error must be stop or continue"),
-        (r.run.time_budget_s >= 0 and r.run.steps_per_job >= 0,
-         "run.time_budget_s and run.steps_per_job must be >= 0 (0: off)"),
-        (r.run.on_nonfinite in ("stop", "skip"),
-         f"run.on_nonfinite={r.run.on_nonfinite!r} must be stop or skip"),
-        (r.run.max_skipped_steps >= 0, "run.max_skipped_steps must be >= 0"),
-        (r.run.threads >= 0, f"run.threads={r.run.threads} must be >= 0 (0: auto)"),
-    ]
-    problems += [msg for ok, msg in checks if not ok]
-
-    problems += _value_problems(r)
-    problems += _student_problems(r, world_size)
-    stage = resolved_zero_stage(r)
-    if stage > 0 and r.optim.name.lower() in _LAYERWISE_OPTIMIZERS:
-        problems.append(
-            f"optim.name={r.optim.name!r} scales each update by a per-tensor trust ratio, but "
-            f"ZeRO-{stage} hands the optimiser flattened partitions, which silently changes the "
-            "method: use dist.zero_stage=0 (DDP) or an element-wise optimiser such as adamw"
-        )
-    if stage > 0 and r.student.channels_last:
-        problems.append(
-            f"student.channels_last=true under ZeRO-{stage}: DeepSpeed broadcasts and flattens "
-            "the student's weights through contiguous views, which NHWC weights are not (its "
-            "engine fails at start-up); use dist.zero_stage=0 (DDP) or student.channels_last=false"
-        )
-    if stage > 0 and r.run.on_nonfinite == "skip":
-        problems.append(
-            "run.on_nonfinite=skip: under DeepSpeed (ZeRO) the engine applies the update "
-            "inside backward, before the loss could be checked; use run.on_nonfinite=stop "
-            "or dist.zero_stage=0 (DDP)")
-    if stage == 3 and r.ema.decay > 0:
-        problems.append(
-            "ema.decay>0 with ZeRO-3: the EMA would need the full student gathered every step; "
-            "use ZeRO-2 or DDP for EMA runs, or set ema.decay=0"
-        )
-    if problems:
-        raise RecipeError(problems)
-
-
-def _value_problems(r: Recipe) -> list[str]:
-    """Values out of range for fields that the checks above do not cover (each would be a
-    traceback, or silently wrong, later); the data loader's, the optimiser's and the methods'
-    own settings are checked where those are built."""
-    from scalekd.data.loader import train_data_problems
-    from scalekd.engine.trainer import optimisation_problems
-
-    try:  # formatting run.dir with run.name fails on any placeholder but {name}
-        run_dir_ok = bool(r.run.name and r.run.dir and str(r.run.path))
-    except (KeyError, IndexError, ValueError):
-        run_dir_ok = False
-    weights = r.distill.weights.values()
-    checks = [
-        (run_dir_ok, f"run.dir={r.run.dir!r} with run.name={r.run.name!r}: both must be "
-         "non-empty, and run.dir may hold only the placeholder {name}"),
-        (0 <= r.run.seed < 2**32, f"run.seed={r.run.seed} must be in [0, 2**32)"),
-        (r.run.log_every >= 1, f"run.log_every={r.run.log_every} must be >= 1 (steps between "
-         "TensorBoard writes)"),
-        (r.run.max_steps >= 0, f"run.max_steps={r.run.max_steps} must be >= 0 (0: all epochs)"),
-        (r.checkpoint.every_steps >= 0, f"checkpoint.every_steps={r.checkpoint.every_steps} "
-         "must be >= 0 (0: only at epoch ends)"),
-        (r.checkpoint.every_epochs >= 0, f"checkpoint.every_epochs="
-         f"{r.checkpoint.every_epochs} must be >= 0 (0: none at epoch ends)"),
-        (r.eval.every_epochs >= 0, f"eval.every_epochs={r.eval.every_epochs} must be >= 0 "
-         "(0: only the final evaluation)"),
-        (0 <= r.student.drop_path < 1, f"student.drop_path={r.student.drop_path} must be in "
-         "[0, 1)"),
-        (r.teacher.input_size == 0 or r.teacher.input_size >= 8,
-         f"teacher.input_size={r.teacher.input_size} must be 0 (the student's) or >= 8"),
-        (all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
-             for w in weights), f"distill.weights={r.distill.weights}: each must be a number "
-         ">= 0"),
-        (r.distill.bce_target_thresh is None or 0 <= r.distill.bce_target_thresh <= 1,
-         f"distill.bce_target_thresh={r.distill.bce_target_thresh} must be None or in [0, 1]"),
-        (r.optim.warmup_lr >= 0 and r.optim.min_lr >= 0,
-         "optim.warmup_lr and optim.min_lr must be >= 0"),
-        (r.optim.clip_grad >= 0, f"optim.clip_grad={r.optim.clip_grad} must be >= 0 (0: off)"),
-        (0 <= r.optim.momentum < 1, f"optim.momentum={r.optim.momentum} must be in [0, 1)"),
-        (r.optim.decay_epochs > 0 and 0 < r.optim.decay_rate <= 1,
-         "optim.decay_epochs must be > 0 and optim.decay_rate in (0, 1]"),
-    ]
-    problems = [msg for ok, msg in checks if not ok]
-    problems += train_data_problems(r)
-    if r.optim.lr > 0 and r.run.epochs > 0:  # reported above otherwise
-        problems += optimisation_problems(r)
-    return problems
-
-
-def _mixed_problems(r: Recipe, method, per_step: int) -> list[str]:
-    from scalekd.data.mix_folder import mixed_problems
-
-    problems = mixed_problems(r.data)
-    if method is not None and not method.needs_teacher:
-        problems.append(f"data.mixed: synthetic images only feed distillation terms, and "
-                        f"distill.method={r.distill.method!r} has none")
-    if r.aug.mixup > 0 or r.aug.cutmix > 0:
-        # the paper mixes only real images; Image Mixer outputs are mixes already
-        problems.append("data.mixed: Mixup/CutMix would mix the labels of synthetic images, "
-                        "which have none: set aug.mixup=0 aug.cutmix=0")
-    if r.data.source == "ffcv":
-        problems.append("data.mixed reads image files: use the imagefolder source with it, "
-                        "not data.source=ffcv")
-    if (r.data.batch_size // per_step) % 2:
-        problems.append(f"data.mixed: every micro-batch is half real, half synthetic, so the "
-                        f"per-process micro-batch ({r.data.batch_size // per_step}) must be even")
-    return problems
-
-
-def _probe_problems(r: Recipe) -> list[str]:
-    from scalekd.data.classes import known_classes
-    from scalekd.models.probe import probe_problems
-
-    return probe_problems(r.teacher, r.data, r.teacher.input_size or r.data.input_size,
-                          known_classes(r.data))
-
-
-# optimisers whose update depends on whole-tensor norms (so not on a ZeRO partition)
-_LAYERWISE_OPTIMIZERS = {"lamb", "lambc", "lars", "larc", "nlars", "nlarc", "adafactor"}
-
-
 def recipe_changes(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
-    """`key: old -> new` for every leaf that differs between two `Recipe.to_dict()` trees."""
+    """`key: old -> new` for every leaf that differs between two `Recipe.to_dict()` trees. A
+    field the earlier recipe does not have (added to scalekd since it was written) is not a
+    change: that run had its default."""
     changes = []
     for key in sorted(set(before) | set(after)):
         old, new = before.get(key), after.get(key)
+        if prefix and key not in before:
+            continue
         if isinstance(old, dict) and isinstance(new, dict) and prefix.count(".") < 1:
             changes += recipe_changes(old, new, f"{prefix}{key}.")
         elif old != (list(new) if isinstance(new, tuple) else new):
@@ -701,6 +421,11 @@ def grad_accum_steps(recipe: Recipe, world_size: int) -> int:
         if d.batch_size % per_step == 0 and d.batch_size // per_step <= d.device_batch:
             return accum
     return 0
+
+
+def per_process_batch(recipe: Recipe, world_size: int) -> int:
+    """The micro-batch of one process."""
+    return recipe.data.batch_size // (world_size * grad_accum_steps(recipe, world_size))
 
 
 PRECISIONS = ("no", "bf16", "fp16")
@@ -729,14 +454,3 @@ def resolved_zero_stage(recipe: Recipe) -> int:
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
         return int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))
     return 0
-
-
-def _unknown_model(key: str, name: str) -> str:
-    import timm
-
-    base = name.split(".")[0]
-    hint = difflib.get_close_matches(base, timm.list_models(), n=3)
-    return (
-        f"{key}={name!r} is not a timm model"
-        + (f"; close names: {', '.join(hint)}" if hint else "; see timm.list_models()")
-    )

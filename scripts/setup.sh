@@ -5,6 +5,8 @@
 #   SCALEKD_EXTRAS=ffcv bash scripts/setup.sh   also the FFCV loaders: Debian's OpenCV,
 #                                               libturbojpeg and pkg-config, then the ffcv extra
 #   SCALEKD_EXTRAS=ffcv,mix bash scripts/setup.sh   also diffusers for `scalekd mix`
+#   SCALEKD_EXTRAS=onnx bash scripts/setup.sh   also onnx, onnxscript and onnxruntime for
+#                                               `scalekd export --onnx`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -45,7 +47,8 @@ if [ -n "$missing" ]; then
   apt_install $missing
 fi
 case ",$EXTRAS," in
-  *,mix,*) pip_extras=$pip_extras,mix ;;  # diffusers (pure Python) for `scalekd mix`
+  *,mix,*) pip_extras=$pip_extras,mix ;;&  # diffusers (pure Python) for `scalekd mix`
+  *,onnx,*) pip_extras=$pip_extras,onnx ;;  # onnx, onnxscript, onnxruntime: wheels
 esac
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

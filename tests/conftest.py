@@ -11,6 +11,7 @@ import pytest
 os.environ.setdefault("DS_ACCELERATOR", "cpu")  # DeepSpeed on CPU, without the detection warning
 sys.path.insert(0, str(Path(__file__).parent))  # `helpers` importable whatever the import mode
 
+from helpers.caches import cache_run, write_cache  # noqa: E402
 from helpers.runs import tiny_overrides, train_in_process, write_tiny_teacher  # noqa: E402
 
 pytest_plugins = ["helpers.ci_skips"]  # under CI, a skip fails
@@ -40,3 +41,13 @@ def trained_tiny_run(tmp_path_factory, tiny_run):
                               "students.alone.distill.weights={}",
                               "students.alone.ema.decay=0.9"))
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory, tiny_teacher):
+    """A tiny teacher cache (scalekd.data.teacher_cache): (its folder, the overrides of the run
+    it was written for)."""
+    base = tmp_path_factory.mktemp("cache")
+    overrides = cache_run(base / "run", tiny_teacher)
+    write_cache(base / "cache", overrides)
+    return base / "cache", overrides

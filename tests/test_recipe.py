@@ -2,8 +2,9 @@
 
 import pytest
 
+from scalekd.engine.validation import validate
 from scalekd.recipe import (Recipe, RecipeError, apply_overrides, grad_accum_steps,
-                            recipe_changes, recipe_from_dict, validate)
+                            recipe_changes, recipe_from_dict)
 
 
 def valid_recipe(tmp_path) -> Recipe:
@@ -167,6 +168,7 @@ BAD_VALUES = {  # field -> (bad values, overrides that put it in play)
     "distill.method": (["crd"], []), "distill.temperature": (["0", "-1"], []),
     "distill.hard_loss": (["mse"], []), "distill.bce_target_thresh": (["1.5"], []),
     "distill.weights": (["{'kd':-1}", "{'kd':'high'}", "{'crd':1}"], []),
+    "distill.options": (["{'margin':1}"], []),  # kd has none (tests/distill/test_registry.py)
     "distill.dkd_warmup_epochs": (["-1"], ["distill.method=dkd"]),
     "distill.dfm_weight": (["-0.1"], SCALEKD), "distill.dfm_beta": (["1.5"], SCALEKD),
     "distill.cap_heads": (["(-1,0)", "(4,)"], SCALEKD),
@@ -226,7 +228,7 @@ def test_every_field_has_its_bad_values_listed():
     for value in values])
 def test_a_bad_value_of_any_field_is_a_recipe_error_naming_it(tmp_path, tiny_teacher, field,
                                                               value, context):
-    from scalekd.probe import check_probe_recipe
+    from scalekd.tools.probe_teacher import check_probe_recipe
 
     recipe = apply_overrides(valid_recipe(tmp_path), [  # a real teacher file: its checks pass
         "student.name=vit_tiny_patch16_224", f"teacher.checkpoint={tiny_teacher}",

@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 
 from helpers.runs import exported, kill_group, scalars, subprocess_env
 from scalekd.engine.trainer import train
-from scalekd.recipe import apply_overrides, validate
+from scalekd.engine.validation import validate
+from scalekd.recipe import apply_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 A1 = runpy.run_path(str(ROOT / "recipes" / "in1k_a1.py"))["recipe"]

@@ -5,7 +5,6 @@ for them) and how it was written."""
 from __future__ import annotations
 
 import json
-import os
 import traceback
 from pathlib import Path
 from typing import Optional
@@ -14,6 +13,7 @@ import numpy as np
 
 from scalekd.data.ffcv_source import ffcv_problems, torch_threads_kept
 from scalekd.data.source import LabelledImages
+from scalekd.files import publish, write_text_atomically
 from scalekd.recipe import DataCfg
 
 WRITE_MODES = ("raw", "jpg", "proportion", "smart")
@@ -54,9 +54,9 @@ def write_beton(images: LabelledImages, path: Path, write_mode: str = "jpg",
                          + "\n  ".join(problems[:20])
                          + "\nfix or remove them, or pass data.bad_files=skip to replace each by "
                            "the next readable image")
-    os.replace(partial, path)
+    publish(partial, path)
     skipped = images.skipped.count if images.skipped is not None else 0
-    path.with_suffix(".json").write_text(json.dumps({
+    write_text_atomically(path.with_suffix(".json"), json.dumps({
         "classes": list(images.classes), "num_images": len(images), "skipped": skipped,
         "names": [images.name(i) for i in range(len(images))],  # what re-labelled sets key by
         "write_mode": write_mode, "max_side": max_side, "jpeg_quality": jpeg_quality,

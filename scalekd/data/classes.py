@@ -17,6 +17,15 @@ def load_split(cfg: DataCfg, split: str) -> LabelledImages:
     return ClassSubset(images, cfg.classes) if cfg.classes else images
 
 
+def source_problems(cfg: DataCfg) -> list[str]:
+    """data.source through the registry: the source's own checks, then data.classes."""
+    source = SOURCES.get(cfg.source)
+    if source is None:
+        return [f"data.source={cfg.source!r} is unknown; choose one of "
+                f"{', '.join(sorted(SOURCES))}"]
+    return source.check(cfg) + check_classes(cfg)
+
+
 def check_classes(cfg: DataCfg) -> list[str]:
     """Problems with `data.classes`, found without reading the data."""
     if not cfg.classes:

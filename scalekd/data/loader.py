@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import numpy as np
 import timm
 import torch
-from timm.data import Mixup, create_transform
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 from torch.utils.data import DataLoader, Dataset
 
 from scalekd.data.ffcv_source import BetonImages, EvalBatches, TrainBatches
@@ -20,9 +20,10 @@ from scalekd.data.mix_folder import MixedImages, WithMixed
 from scalekd.data.sampler import EpochBatches, MixedBatches, loader_generator
 from scalekd.data.source import LabelledImages, SkipCounter
 from scalekd.data.workers import leave_signals_to_trainer
-from scalekd.recipe import Recipe, RecipeError, grad_accum_steps
-from scalekd.teacher_cache.labels import SoftLabelMixup
-from scalekd.teacher_cache.replay import replay_batches, replay_loader
+from scalekd.data.teacher_cache.labels import SoftLabelMixup
+from scalekd.data.transforms import train_transform
+from scalekd.data.teacher_cache.replay import replay_batches, replay_loader
+from scalekd.recipe import Recipe, RecipeError, grad_accum_steps, per_process_batch
 
 CPU = torch.device("cpu")
 
@@ -61,6 +62,58 @@ class TrainData:
         return self.loader
 
 
+def batch_problems(recipe: Recipe, world_size: int) -> list[str]:
+    """The global batch split over `world_size` processes and the accumulation."""
+    d, accum = recipe.data, grad_accum_steps(recipe, world_size)
+    per_step = world_size * max(accum, 1)
+    if d.batch_size <= 0 or d.grad_accum <= 0 or d.device_batch < 0:
+        return ["data.batch_size and data.grad_accum must be positive, "
+                "data.device_batch positive or 0"]
+    if d.device_batch and d.grad_accum != 1:
+        return [f"data.device_batch={d.device_batch} derives the accumulation; "
+                f"drop data.grad_accum={d.grad_accum} (or data.device_batch)"]
+    if not accum:
+        return [f"no accumulation count splits data.batch_size={d.batch_size} over "
+                f"{world_size} process(es) into equal micro-batches of at most "
+                f"data.device_batch={d.device_batch}; choose a batch size with more divisors"]
+    if d.batch_size % per_step:
+        return [f"data.batch_size={d.batch_size} (global) is not divisible by "
+                f"{world_size} process(es) x data.grad_accum={d.grad_accum}; choose a multiple "
+                f"of {per_step}"]
+    if (recipe.aug.mixup > 0 or recipe.aug.cutmix > 0) and (d.batch_size // per_step) % 2:
+        return [f"Mixup/CutMix pair images within a batch and need an even per-process batch; "
+                f"data.batch_size={d.batch_size} gives {d.batch_size // per_step}"]
+    return []
+
+
+def unlabelled_problems(recipe: Recipe, distils: bool) -> list[str]:
+    """data.unlabelled, with a method that has distillation terms (`distils`) or not."""
+    d, a, problems = recipe.data, recipe.aug, []
+    if d.unlabelled and not d.labels_per_class:
+        problems.append("data.unlabelled=true needs data.labels_per_class > 0 (which images "
+                        "keep their labels)")
+    if d.unlabelled and not distils:
+        problems.append(f"data.unlabelled=true: unlabelled images only feed distillation terms, "
+                        f"and distill.method={recipe.distill.method!r} has none")
+    if (a.mixup > 0 or a.cutmix > 0) and d.unlabelled:
+        problems.append("Mixup/CutMix cannot mix labels of unlabelled images: set aug.mixup=0 "
+                        "aug.cutmix=0 or data.unlabelled=false")
+    return problems
+
+
+def data_setting_problems(recipe: Recipe) -> list[str]:
+    d, a = recipe.data, recipe.aug
+    checks = [
+        (0 <= a.smoothing < 1, "aug.smoothing must be in [0, 1)"),
+        (a.repeated_aug >= 1, "aug.repeated_aug must be >= 1"),
+        (d.bad_files in ("error", "skip"), "data.bad_files must be error or skip"),
+        (d.augment_workers >= -1, "data.augment_workers must be -1 (data.workers), 0 (the "
+         "main process) or a process count"),
+        (d.input_size >= 8, f"data.input_size={d.input_size} is too small"),
+    ]
+    return [msg for ok, msg in checks if not ok]
+
+
 def train_data_problems(recipe: Recipe) -> list[str]:
     """The loaders' checks of data.* and aug.*, for `recipe.validate`: ranges, and timm's own
     checks of the augmentation (RandAugment string, interpolation) from building it once."""
@@ -92,18 +145,12 @@ def train_data_problems(recipe: Recipe) -> list[str]:
     problems = [msg for ok, msg in checks if not ok]
     if not problems:
         try:
-            create_transform(d.input_size, is_training=True, auto_augment=a.auto_augment or None,
-                             interpolation=a.interpolation)
+            train_transform(recipe, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
             create_transform(d.input_size, interpolation=eval_interpolation(a.interpolation, ""))
         except Exception as err:  # timm raises AssertionError, KeyError, ValueError
             problems.append(f"aug.auto_augment={a.auto_augment!r} / aug.interpolation="
                             f"{a.interpolation!r}: timm cannot build it ({err!r})")
     return problems
-
-
-def per_process_batch(recipe: Recipe, world_size: int) -> int:
-    """The micro-batch of one process."""
-    return recipe.data.batch_size // (world_size * grad_accum_steps(recipe, world_size))
 
 
 def build_train_data(recipe: Recipe, images: LabelledImages, mean, std, rank: int,
@@ -137,12 +184,8 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std, rank: in
     elif cached:  # batches of (images, targets, the teacher's soft labels)
         loader = replay_loader(recipe, images, rows, len(base), mean, std, batches, device)
     else:
-        transform = create_transform(
-            d.input_size, is_training=True, scale=a.scale, ratio=a.ratio, hflip=a.hflip,
-            color_jitter=a.color_jitter, auto_augment=a.auto_augment or None,
-            interpolation=a.interpolation, mean=mean, std=std, re_prob=a.re_prob,
-            use_prefetcher=d.uint8,  # timm: uint8 out, normalisation and erasing left to us
-        )
+        # use_prefetcher: timm hands uint8 out, normalisation and erasing left to us
+        transform = train_transform(recipe, mean, std, use_prefetcher=d.uint8)
         loader = DataLoader(SeededTransform(images, transform), batch_sampler=batches,
                             num_workers=d.workers, persistent_workers=d.workers > 0,
                             pin_memory=torch.cuda.is_available(),

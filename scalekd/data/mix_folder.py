@@ -13,10 +13,32 @@ from PIL import Image
 
 from scalekd.data.imagefolder import open_rgb
 from scalekd.data.source import LabelledImages
-from scalekd.recipe import DataCfg
+from scalekd.recipe import DataCfg, Recipe
 
 MANIFEST, IMAGES = "manifest.json", "images"
-TMP_PREFIX = ".tmp-"  # files being written; renamed when complete
+
+
+def mixed_set_problems(recipe: Recipe, distils: bool, per_step: int) -> list[str]:
+    """data.mixed: the folder, and what it combines with: a method with distillation terms
+    (`distils`), no Mixup/CutMix, the imagefolder source, an even micro-batch of `per_step`."""
+    if not recipe.data.mixed:
+        return []
+    problems = mixed_problems(recipe.data)
+    if not distils:
+        problems.append(f"data.mixed: synthetic images only feed distillation terms, and "
+                        f"distill.method={recipe.distill.method!r} has none")
+    if recipe.aug.mixup > 0 or recipe.aug.cutmix > 0:
+        # the paper mixes only real images; Image Mixer outputs are mixes already
+        problems.append("data.mixed: Mixup/CutMix would mix the labels of synthetic images, "
+                        "which have none: set aug.mixup=0 aug.cutmix=0")
+    if recipe.data.source == "ffcv":
+        problems.append("data.mixed reads image files: use the imagefolder source with it, "
+                        "not data.source=ffcv")
+    micro = recipe.data.batch_size // per_step
+    if micro % 2:
+        problems.append(f"data.mixed: every micro-batch is half real, half synthetic, so the "
+                        f"per-process micro-batch ({micro}) must be even")
+    return problems
 
 
 def mixed_problems(cfg: DataCfg) -> list[str]:

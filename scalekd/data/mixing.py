@@ -15,7 +15,6 @@ so a file under its final name is complete), and a larger multiplier extends a s
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,8 +26,9 @@ import torch
 from diffusers import StableDiffusionImageVariationPipeline
 from tqdm import tqdm
 
-from scalekd.data.mix_folder import IMAGES, MANIFEST, TMP_PREFIX
+from scalekd.data.mix_folder import IMAGES, MANIFEST
 from scalekd.data.source import LabelledImages
+from scalekd.files import TMP_PREFIX, write_atomically, write_text_atomically
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FORMATS = {"jpg": "JPEG", "png": "PNG"}
@@ -230,12 +230,10 @@ def _write_manifest(out: Path, settings: dict, source: dict, mixes: list[Mix],
              "labels": [images.targets[i] for i in m.sources],
              "weights": weights, "seed": m.seed}
             for m in mixes if (out / m.file).is_file()]
-    tmp = out / (TMP_PREFIX + MANIFEST)
-    tmp.write_text(json.dumps({"settings": settings, "data": source, "images": rows}, indent=1))
-    os.replace(tmp, out / MANIFEST)
+    write_text_atomically(out / MANIFEST, json.dumps({"settings": settings, "data": source,
+                                                      "images": rows}, indent=1))
 
 
 def _save(image: PIL.Image.Image, path: Path, fmt: str) -> None:
-    tmp = path.with_name(TMP_PREFIX + path.name)
-    image.save(tmp, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: image.save(tmp, format=fmt,
+                                                  **({"quality": 95} if fmt == "JPEG" else {})))

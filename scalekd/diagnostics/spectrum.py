@@ -11,7 +11,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 from scalekd.diagnostics.figures import new_figure, save
-from scalekd.distill.dfm import DCT2d
+from scalekd.kernels.dct import DCT2d
 
 
 def dct_spectrum(maps: torch.Tensor) -> torch.Tensor:

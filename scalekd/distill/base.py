@@ -1,7 +1,14 @@
-"""The distiller interface, the registry, and the hard-label loss every method shares."""
+"""The distiller interface, the registry (filled by the method files themselves, which the
+package imports: `discover_methods`), the checks of distill.* every method shares, and the
+hard-label loss."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import pkgutil
+import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Optional
 
@@ -11,7 +18,7 @@ import torch.nn.functional as F
 from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
 
 from scalekd.models.teacher import TeacherOutput
-from scalekd.recipe import Recipe
+from scalekd.recipe import Recipe, coerce
 
 DISTILLERS: dict[str, type["Distiller"]] = {}
 
@@ -22,6 +29,13 @@ def register_distiller(name: str) -> Callable[[type["Distiller"]], type["Distill
         return cls
 
     return add
+
+
+def discover_methods(path: Iterable[str], package: str) -> None:
+    """Import every module of `package` (found on `path`), so that each method file registers
+    itself: adding a method edits no list."""
+    for module in pkgutil.iter_modules(path):
+        importlib.import_module(f"{package}.{module.name}")
 
 
 @dataclass
@@ -44,6 +58,13 @@ class Distiller(nn.Module):
     # teacher's feature maps in TeacherOutput.features; their __init__ takes FeatureShapes
     needs_features: ClassVar[bool] = False
     loss_terms: ClassVar[dict[str, float]] = {}  # term name -> default weight
+    # where the method comes in lists of methods shown to users (messages): the README's order;
+    # methods without one follow, in the order they register
+    listed_at: ClassVar[float] = float("inf")
+    # the method's own settings: a dataclass whose fields `distill.options.<field>=value` set,
+    # checked by `validate` (its __post_init__ may raise ValueError naming a bad value) and built
+    # as `self.options`; None: the method has none beyond the shared distill.* fields
+    Options: ClassVar[Optional[type]] = None
 
     def __init__(self, recipe: Recipe, num_classes: int):
         super().__init__()
@@ -52,6 +73,7 @@ class Distiller(nn.Module):
                                         recipe.distill.bce_reduction == "sum_classes")
         self.weights = {**self.loss_terms, **recipe.distill.weights}
         self.temperature = recipe.distill.temperature  # of the softened terms (DIST's tau)
+        self.options = self.Options(**self.given_options(recipe)) if self.Options else None
 
     def forward(self, student_logits: torch.Tensor, teacher: Optional[TeacherOutput],
                 targets: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -65,6 +87,58 @@ class Distiller(nn.Module):
         """The method's own checks of a recipe, run by `validate` before anything is built."""
         return []
 
+    @classmethod
+    def settings_problems(cls, recipe: Recipe) -> list[str]:
+        """distill.weights against the method's terms, then the method's own checks."""
+        problems = []
+        unknown = set(recipe.distill.weights) - set(cls.loss_terms)
+        if unknown:
+            problems.append(f"distill.weights has {sorted(unknown)}, not terms of "
+                            f"{recipe.distill.method!r}; its terms are {list(cls.loss_terms)}")
+        return problems + cls.recipe_problems(recipe)
+
+    @classmethod
+    def options_problems(cls, recipe: Recipe) -> list[str]:
+        """distill.options against the method's Options: known names, values of their types."""
+        given, method = recipe.distill.options, recipe.distill.method
+        if not given:
+            return []
+        if cls.Options is None:
+            return [f"distill.options={given}: distill.method={method!r} has no options"]
+        names = [f.name for f in dataclasses.fields(cls.Options)]
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            return [f"distill.options has {unknown}, not options of {method!r}; its options are "
+                    f"{names}"]
+        try:
+            given = cls.given_options(recipe)
+        except ValueError as err:
+            return [f"distill.options: {err}"]
+        hints = typing.get_type_hints(cls.Options)
+        wrong = [f"{k}={v!r} (expected {getattr(hints[k], '__name__', hints[k])})"
+                 for k, v in given.items() if not _of_type(v, hints[k])]
+        if wrong:
+            return [f"distill.options: {', '.join(wrong)}"]
+        try:
+            cls.Options(**given)
+        except (TypeError, ValueError) as err:
+            return [f"distill.options={given}: {err}"]
+        return []
+
+    @classmethod
+    def given_options(cls, recipe: Recipe) -> dict:
+        """distill.options with command-line text (center=false) read as the option's type."""
+        hints = typing.get_type_hints(cls.Options)
+        out = {}
+        for key, value in recipe.distill.options.items():
+            hint = hints.get(key)
+            try:
+                out[key] = (coerce(value, hint) if isinstance(value, str) and hint
+                            not in (None, str) else value)
+            except (ValueError, SyntaxError) as err:
+                raise ValueError(f"{key}={value!r}: {err}") from None
+        return out
+
     def hard_term(self, logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"hard": the label loss}, or nothing with distill.hard_loss=none (VanillaKD Table 4's
         "-" rows: the student learns from the teacher alone)."""
@@ -76,6 +150,54 @@ class Distiller(nn.Module):
         """The trainer calls this before every step with the fractional epoch (optimiser steps
         done / steps per epoch), for methods whose loss follows a schedule (DKD's warm-up). The
         state is derived from the step, so resuming needs nothing saved. Default: no schedule."""
+
+
+def _of_type(value, hint) -> bool:
+    """Whether an option's value fits its annotation (an int where a float is asked is)."""
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    origin = typing.get_origin(hint) or hint
+    return not isinstance(origin, type) or isinstance(value, origin)
+
+
+def unknown_method(name: str) -> str:
+    return (f"distill.method={name!r} is not a registered method; "
+            f"choose one of {', '.join(sorted(DISTILLERS))}")
+
+
+def logit_methods() -> list[str]:
+    """The methods that need a teacher's logits only (a teacher cache holds nothing more)."""
+    return sorted((name for name, cls in DISTILLERS.items()
+                   if cls.needs_teacher and not cls.needs_features),
+                  key=lambda name: DISTILLERS[name].listed_at)
+
+
+def distill_setting_problems(recipe: Recipe) -> list[str]:
+    d = recipe.distill
+    checks = [
+        (d.temperature > 0, f"distill.temperature={d.temperature} must be > 0"),
+        (d.hard_loss in ("ce", "bce", "none"), "distill.hard_loss must be ce, bce or none"),
+        (d.bce_reduction in ("mean", "sum_classes"),
+         f"distill.bce_reduction={d.bce_reduction!r} must be mean or sum_classes"),
+        (d.dkd_warmup_epochs >= 0, "distill.dkd_warmup_epochs must be >= 0"),
+        (d.tpp_blocks >= 0, "distill.tpp_blocks must be >= 0 (0: the teacher's last "
+         "stage, or quarter of its blocks)"),
+    ]
+    return [msg for ok, msg in checks if not ok]
+
+
+def distill_value_problems(recipe: Recipe) -> list[str]:
+    d = recipe.distill
+    checks = [
+        (all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
+             for w in d.weights.values()),
+         f"distill.weights={d.weights}: each must be a number >= 0"),
+        (d.bce_target_thresh is None or 0 <= d.bce_target_thresh <= 1,
+         f"distill.bce_target_thresh={d.bce_target_thresh} must be None or in [0, 1]"),
+    ]
+    return [msg for ok, msg in checks if not ok]
 
 
 def create_distiller(recipe: Recipe, num_classes: int,

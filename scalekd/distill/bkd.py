@@ -46,6 +46,7 @@ def binary_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 @register_distiller("bkd")
 class BinaryKD(Distiller):
+    listed_at = 2
     loss_terms = {"hard": 0.5, "bce_kd": 0.5}
     term = "bce_kd"
 

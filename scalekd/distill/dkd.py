@@ -79,6 +79,7 @@ def dkd_target(targets: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Ten
 
 @register_distiller("dkd")
 class DecoupledKD(Distiller):
+    listed_at = 3
     loss_terms = {"hard": 1.0, "tckd": 1.0, "nckd": 2.0}
 
     def __init__(self, recipe, num_classes):

@@ -10,6 +10,7 @@ from scalekd.kernels.kd_loss import kd_loss  # fused on GPU: T^2 KL(t/T || s/T),
 
 @register_distiller("kd")
 class VanillaKD(Distiller):
+    listed_at = 1
     loss_terms = {"hard": 0.5, "kd": 0.5}
 
     def forward(self, student_logits, teacher, targets):

@@ -33,6 +33,10 @@ from accelerate import Accelerator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from scalekd.engine.distributed import any_rank
+from scalekd.files import (sync_folder, write_atomically, write_folder_atomically,
+                           write_text_atomically)
+
 MARKER = "COMPLETE"
 # zlib's CRC-32 of every file, in the marker: it catches damage (flipped or garbled bytes, a
 # hand-edited file), not tampering (whoever can edit a file can edit the marker), and of the
@@ -138,7 +142,8 @@ class Checkpoints:
                 tmp.mkdir(parents=True, exist_ok=True)
         except WRITE_ERRORS as err:
             failure = err
-        if not _any_rank(failure is not None, accelerator):  # also the barrier before writing
+        # also the barrier before writing
+        if not any_rank(failure is not None, device=accelerator.device):
             try:
                 accelerator.save_state(str(tmp))
                 if accelerator.is_main_process:
@@ -149,14 +154,15 @@ class Checkpoints:
                          "deepspeed": accelerator.state.deepspeed_plugin is not None}))
             except WRITE_ERRORS as err:
                 failure = err
-        if not _any_rank(failure is not None, accelerator):  # every rank has written its part
+        # every rank has written its part
+        if not any_rank(failure is not None, device=accelerator.device):
             try:
                 listed = _shared_manifest(tmp, accelerator)
                 if accelerator.is_main_process:
                     _write_synced(tmp / MARKER, json.dumps(listed, indent=1))
             except WRITE_ERRORS as err:
                 failure = err
-        if _any_rank(failure is not None, accelerator):
+        if any_rank(failure is not None, device=accelerator.device):
             if accelerator.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
             previous = self.complete()
@@ -171,6 +177,7 @@ class Checkpoints:
             if final.exists():  # a re-save of the same step (resume right after a save)
                 _remove(final)
             os.rename(tmp, final)
+            sync_folder(self.folder)  # the rename that makes the checkpoint visible, on disk
             for old in self.complete()[: -self.keep]:
                 _remove(old)
         accelerator.wait_for_everyone()
@@ -467,14 +474,23 @@ def write_run_file(path: Path, write: Callable[[Path], None], intact: str = "") 
     """`write(tmp)` a file then rename it to `path`, so that a failed write (a full disk) never
     leaves a half file under the real name; RunWriteError says what failed and, in `intact`,
     what is still there."""
-    tmp = path.with_name(f".tmp-{path.name}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
+        write_atomically(path, write)
     except WRITE_ERRORS as err:
-        tmp.unlink(missing_ok=True)
         raise RunWriteError(f"could not write {path} ({_cause(err)}; {_free(path.parent)}). "
+                            f"{intact}Free space or point run.dir elsewhere, then run the same "
+                            "command again") from err
+
+
+def write_run_folder(path: Path, write: Callable[[Path], None], intact: str = "") -> None:
+    """`write(tmp)` a folder then swap it in for `path` (write_run_file for a folder written by
+    another library, e.g. timm's save_for_hf): a failed write leaves the previous folder, or
+    none, never a half one."""
+    try:
+        write_folder_atomically(path, write)
+    except WRITE_ERRORS as err:
+        raise RunWriteError(f"could not write {path}/ ({_cause(err)}; {_free(path.parent)}). "
                             f"{intact}Free space or point run.dir elsewhere, then run the same "
                             "command again") from err
 
@@ -508,14 +524,6 @@ def _remove(checkpoint: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def _any_rank(flag: bool, accelerator: Accelerator) -> bool:
-    if not (dist.is_available() and dist.is_initialized() and accelerator.num_processes > 1):
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=accelerator.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
-
-
 def ema_file(student: str) -> str:
     """One EMA per student: ema.safetensors for the recipe's own, ema_<name> for the others."""
     return f"ema_{student}.safetensors" if student else "ema.safetensors"
@@ -525,8 +533,4 @@ def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+_write_synced = write_text_atomically  # a name of its own: tests make it fail

@@ -5,14 +5,29 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator, DeepSpeedPlugin
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import InitProcessGroupKwargs
 
-from scalekd.data.loader import per_process_batch
 from scalekd.models.teacher import FrozenTeacher
-from scalekd.recipe import (Recipe, grad_accum_steps, launcher_precision, resolved_precision,
-                            resolved_zero_stage)
+from scalekd.recipe import (Recipe, grad_accum_steps, launcher_precision, per_process_batch,
+                            resolved_precision, resolved_zero_stage)
+
+
+def several_processes() -> bool:
+    """Whether torch.distributed runs more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def any_rank(flag: bool, group=None, device: torch.device = torch.device("cpu")) -> bool:
+    """Whether `flag` is set on any process (a max all-reduce over `group`, with a tensor on
+    `device`); in a single process, `flag` itself. Every process must call it (a collective)."""
+    if not several_processes():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+    return bool(value.item())
 
 
 def launched_world_size() -> int:

@@ -10,6 +10,7 @@ from typing import Optional
 from scalekd.engine.evaluate import (agreement, classification_metrics, multilabel_top1, predict,
                                      read_label_file)
 from scalekd.engine.saved_run import SavedRun
+from scalekd.files import write_text_atomically
 
 
 def evaluate_run(run: SavedRun, weights: Optional[Path] = None, ema: bool = False,
@@ -62,5 +63,4 @@ def format_report(metrics: dict, worst: int = 5) -> str:
 def write_json(metrics: dict, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2))
-    return path
+    return write_text_atomically(path, json.dumps(metrics, indent=2))

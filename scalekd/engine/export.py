@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from scalekd.engine.checkpoint import write_run_file
+from scalekd.engine.timm_folder import timm_folder, write_timm_folder
 from scalekd.recipe import Recipe
 
 
@@ -34,15 +35,23 @@ def consolidated_state(accelerator, model: torch.nn.Module) -> dict[str, torch.T
     return state
 
 
+STUDENT = "student."  # the student's keys in the trained model's (DistillationModel's) state
+
+
+def student_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The student's own entries of a trained model's state, under the timm model's keys
+    (the distiller's projectors and losses left out)."""
+    return {k[len(STUDENT):]: v for k, v in state.items() if k.startswith(STUDENT)}
+
+
 def export_student(state: dict[str, torch.Tensor], recipe: Recipe, num_classes: int,
                    folder: Path, intact: str = "", stem: str = "student") -> Path:
-    """Write `stem.safetensors` (student keys only: projectors and losses dropped) and
-    `stem.json`, which says how to rebuild it with timm.create_model. A write that fails (disk
-    full) leaves no half file under either name: RunWriteError, with `intact` (what is still
-    there) in its message."""
-    prefix = "student."
-    weights = {k[len(prefix):]: v.detach().cpu().contiguous().clone()
-               for k, v in state.items() if k.startswith(prefix)}
+    """Write `stem.safetensors` (student keys only: projectors and losses dropped), `stem.json`,
+    which says how to rebuild it with timm.create_model, and the folder `stem_timm/` that
+    timm's save_for_hf writes (scalekd.engine.timm_folder). A write that fails (disk full)
+    leaves no half file under any name: RunWriteError, with `intact` (what is still there) in
+    its message."""
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in student_state(state).items()}
     path = folder / f"{stem}.safetensors"
     write_run_file(path, lambda tmp: save_file(weights, tmp,
                                                metadata={"timm_model": recipe.student.name}),
@@ -52,6 +61,7 @@ def export_student(state: dict[str, torch.Tensor], recipe: Recipe, num_classes: 
             "file": path.name}
     write_run_file(folder / f"{stem}.json",
                    lambda tmp: tmp.write_text(json.dumps(spec, indent=2)), intact)
+    write_timm_folder(weights, recipe, num_classes, timm_folder(folder, stem), intact)
     return path
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from scalekd.recipe import Recipe, RecipeError
 
 FINISHED = "FINISHED"  # marker file in the run folder once the whole schedule is done
-OUTPUTS = ("checkpoints", "export", "tb", "metrics.json", FINISHED)  # what a run writes
+STOPPED = "STOPPED"  # the record of a clean early stop (scalekd/engine/stopping.py)
+OUTPUTS = ("checkpoints", "export", "tb", "metrics.json", FINISHED, STOPPED)  # what a run writes
 ASIDE = ".tmp-old-"  # outputs of a previous run being removed
 
 

@@ -18,7 +18,9 @@ from scalekd.data import build_eval_loader
 from scalekd.data.classes import load_split
 from scalekd.data.source import LabelledImages
 from scalekd.engine.checkpoint import Checkpoints, ema_file
-from scalekd.models import FrozenTeacher, create_student, create_teacher, data_config
+from scalekd.engine.export import student_state
+from scalekd.models import FrozenTeacher, create_student, data_config
+from scalekd.models.teacher import recipe_teacher
 from scalekd.recipe import apply_overrides, recipe_from_dict, student_recipes
 
 
@@ -75,9 +77,7 @@ class SavedRun:
         return model.eval()
 
     def teacher(self) -> FrozenTeacher:
-        norm = data_config(self.recipe.student.name)
-        return create_teacher(self.recipe.teacher, self.num_classes, norm["mean"], norm["std"],
-                              self.recipe.data.input_size)
+        return recipe_teacher(self.recipe, self.num_classes)
 
     def _checkpoint_weights(self, ema: bool) -> dict[str, torch.Tensor]:
         latest = Checkpoints(self.folder / "checkpoints", 1).latest()
@@ -98,5 +98,4 @@ class SavedRun:
         # accelerate saves the prepared models in order: model.safetensors, model_1, ...
         file = latest / (f"model_{self._index}.safetensors" if self._index
                          else "model.safetensors")
-        prefix = "student."
-        return {k[len(prefix):]: v for k, v in load_file(file).items() if k.startswith(prefix)}
+        return student_state(load_file(file))

@@ -7,17 +7,27 @@ stop flag after each optimiser step, and all stop after the same step: no rank i
 a collective that the others never enter. The flag is a host tensor reduced over gloo, so this
 costs the host a round trip between the ranks but never waits for the GPU's queue. The handler itself only sets a flag (saving from
 inside a signal handler could interrupt a collective halfway).
+
+Once every rank has stopped and the checkpoint is written, rank 0 records the clean stop in
+RUN_DIR/STOPPED. A batch script needs that record to tell a clean stop from a failure, because a
+launcher may exit non-zero after its processes stopped cleanly: torch's elastic agent (what
+`accelerate launch` runs for several processes) re-raises the SIGTERM it received.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Optional
 
-import torch
 import torch.distributed as dist
+
+from scalekd.engine.checkpoint import write_run_file
+from scalekd.engine.distributed import any_rank, several_processes
+from scalekd.engine.run_folder import STOPPED
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
 _clock = time.monotonic  # a seam for tests
@@ -57,12 +67,11 @@ class StopRequests:
             left = self.time_budget_s - (_clock() - self.started)
             if left < 2 * step_s + 2 * save_s:  # room for one more step and a checkpoint
                 local = f"run.time_budget_s={self.time_budget_s:g} nearly spent"
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not several_processes():
             return local
         # a host tensor over a host (gloo) group: reading it never waits for the GPU's queue
-        flag = torch.tensor([1.0 if local else 0.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._host_group())
-        return local or ("another rank stops" if flag.item() else None)
+        others = any_rank(local is not None, group=self._host_group())
+        return local or ("another rank stops" if others else None)
 
     def _host_group(self):
         """The default group if it is gloo already (CPU runs), else a gloo group over the same
@@ -72,3 +81,14 @@ class StopRequests:
         if self._group is None:
             self._group = dist.new_group(backend="gloo")
         return self._group
+
+
+def write_stop_record(run_dir: Path, step: int, total_steps: int, reason: str,
+                      received: Optional[str], checkpoint: Optional[Path]) -> None:
+    """Rank 0, once every rank has stopped after `step`: the record of the clean stop (written
+    under a temporary name and renamed, like the other run files). `checkpoint`: the folder of
+    the checkpoint of `step`, None if it could not be written (checkpoint.on_error=continue)."""
+    record = {"step": step, "total_steps": total_steps, "reason": reason, "signal": received,
+              "checkpoint": str(checkpoint.relative_to(run_dir)) if checkpoint else None}
+    write_run_file(run_dir / STOPPED,
+                   lambda path: path.write_text(json.dumps(record, indent=1) + "\n"))

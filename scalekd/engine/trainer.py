@@ -18,30 +18,29 @@ from typing import Optional
 import torch
 import torch.nn as nn
 from accelerate.utils import extract_model_from_parallel, set_seed
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
 
 from scalekd.data import build_eval_loader, build_train_data
 from scalekd.data.classes import load_split
 from scalekd.distill import DISTILLERS, Distiller, FeatureShapes, create_distiller
-from scalekd.engine.checkpoint import (Checkpoints, CheckpointWriteError, RunWriteError,
-                                       write_run_file)
+from scalekd.engine.checkpoint import (PREFIX, Checkpoints, CheckpointWriteError,
+                                       RunWriteError, write_run_file)
 from scalekd.engine.distributed import (build_accelerator, launched_world_size, precision_note,
                                         release_accelerate_state, shard_teacher)
 from scalekd.engine.divergence import NonFiniteGuard
 from scalekd.engine.evaluate import evaluate
 from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog, memory_gb
-from scalekd.engine.run_folder import FINISHED, check_fresh_start, clear
-from scalekd.engine.stopping import StopRequests
+from scalekd.engine.optimisation import build_optimiser
+from scalekd.engine.run_folder import FINISHED, STOPPED, check_fresh_start, clear
+from scalekd.engine.stopping import StopRequests, write_stop_record
+from scalekd.engine.validation import validate
 from scalekd.models import FrozenTeacher, create_student, create_teacher, data_config
 from scalekd.models.taps import StudentTaps
 from scalekd.models.teacher import TeacherOutput
-from scalekd.recipe import (Recipe, recipe_changes, resolved_zero_stage, student_recipes,
-                            validate)
-from scalekd.teacher_cache.labels import teacher_output as cached_teacher_output
+from scalekd.models.teacher import soft_label_output as cached_teacher_output
+from scalekd.recipe import Recipe, recipe_changes, resolved_zero_stage, student_recipes
 
 
 class DistillationModel(nn.Module):
@@ -119,36 +118,8 @@ def build_student(recipe: Recipe, num_classes: int, steps_per_epoch: int,
         model = DistillationModel(student, distiller, recipe.student.channels_last)
     if recipe.student.compile:  # in place, compiled on the first call: state_dict keys unchanged
         model.compile()
-    o = recipe.optim
-    optimizer = create_optimizer_v2(model, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
-                                    momentum=o.momentum)
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched=o.sched, num_epochs=recipe.run.epochs, warmup_epochs=o.warmup_epochs,
-        warmup_lr=o.warmup_lr, min_lr=o.min_lr, decay_epochs=o.decay_epochs,
-        decay_rate=o.decay_rate, step_on_epochs=False,
-        updates_per_epoch=steps_per_epoch,
-    )
+    optimizer, scheduler = build_optimiser(model, recipe, steps_per_epoch)
     return model, optimizer, scheduler, distiller
-
-
-def optimisation_problems(recipe: Recipe) -> list[str]:
-    """timm's own checks of optim.* (names, hyperparameters), from building the optimiser and
-    the schedule of `build_student` for one parameter, before any model is built."""
-    o, one = recipe.optim, nn.Linear(1, 1)
-    try:
-        optimizer = create_optimizer_v2(one, opt=o.name, lr=o.lr, weight_decay=o.weight_decay,
-                                        momentum=o.momentum)
-    except Exception as err:  # timm and torch raise several kinds
-        return [f"optim.name={o.name!r} with optim.lr/momentum/weight_decay: {err}"]
-    try:
-        scheduler, _ = create_scheduler_v2(
-            optimizer, sched=o.sched, num_epochs=recipe.run.epochs,
-            warmup_epochs=o.warmup_epochs, warmup_lr=o.warmup_lr, min_lr=o.min_lr,
-            decay_epochs=o.decay_epochs, decay_rate=o.decay_rate, step_on_epochs=False,
-            updates_per_epoch=1)
-    except Exception as err:
-        return [f"optim.sched={o.sched!r}: {err}"]
-    return [] if scheduler is not None else [f"optim.sched={o.sched!r} is not a timm scheduler"]
 
 
 def train(recipe: Recipe) -> TrainResult:
@@ -189,6 +160,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         write_run_file(recipe_file, _text(json.dumps(recipe.to_dict(), indent=2)))
         # the batch shell forwards the scheduler's signal here (slurm/train.sbatch)
         write_run_file(run_dir / "trainer.pid", _text(f"{os.getpid()}\n"))
+        (run_dir / STOPPED).unlink(missing_ok=True)  # a previous job's: never this one's
 
     # data: student normalisation; the teacher re-normalises the same augmented pixels
     norm = data_config(recipe.student.name)
@@ -379,6 +351,12 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
         log.print(f"stopping at step {step} of {total_steps} ({stop}); checkpointed, resume by "
                   "running the same command again")
         log.close()
+        accelerator.wait_for_everyone()  # every rank has stopped after this step
+        if main:
+            write_stop_record(run_dir, step, total_steps, stop, stops.received,
+                              checkpoints.folder / f"{PREFIX}{step:09d}"
+                              if saved_step == step else None)
+        # no rank exits before the record is there: one launcher exiting makes srun end the rest
         accelerator.wait_for_everyone()
         _release(teacher, accelerator)
         return TrainResult(run_dir, {}, None, step, {}, finished=False)

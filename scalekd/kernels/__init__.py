@@ -1,2 +1,3 @@
-"""Fused kernels (Triton), each beside the torch reference it is tested against. Mapped as
-`scalekd.kernels`, so the PyPI package named `kernels` is never shadowed."""
+"""Numerical building blocks below the methods: fused kernels (Triton), each beside the torch
+reference it is tested against, and fixed transforms (the DCT). Mapped as `scalekd.kernels`, so
+the PyPI package named `kernels` is never shadowed."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 import timm
 import torch.nn as nn
 
@@ -27,3 +29,36 @@ def data_config(name: str) -> dict:
     if cfg is None:
         return {"mean": timm.data.IMAGENET_DEFAULT_MEAN, "std": timm.data.IMAGENET_DEFAULT_STD}
     return {"mean": tuple(cfg.mean), "std": tuple(cfg.std)}
+
+
+def model_known(name: str) -> bool:
+    return timm.is_model(name) or name.startswith("hf-hub:")
+
+
+def unknown_model(key: str, name: str) -> str:
+    """The problem of a recipe field `key` naming `name`, which timm does not know."""
+    hint = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=3)
+    return (
+        f"{key}={name!r} is not a timm model"
+        + (f"; close names: {', '.join(hint)}" if hint else "; see timm.list_models()")
+    )
+
+
+def student_name_problems(cfg: StudentCfg) -> list[str]:
+    return [] if model_known(cfg.name) else [unknown_model("student.name", cfg.name)]
+
+
+def student_value_problems(cfg: StudentCfg) -> list[str]:
+    return [] if 0 <= cfg.drop_path < 1 else [
+        f"student.drop_path={cfg.drop_path} must be in [0, 1)"]
+
+
+def student_zero_problems(cfg: StudentCfg, stage: int) -> list[str]:
+    """The student under ZeRO-`stage` (DeepSpeed's engine)."""
+    if stage > 0 and cfg.channels_last:
+        return [
+            f"student.channels_last=true under ZeRO-{stage}: DeepSpeed broadcasts and flattens "
+            "the student's weights through contiguous views, which NHWC weights are not (its "
+            "engine fails at start-up); use dist.zero_stage=0 (DDP) or student.channels_last=false"
+        ]
+    return []

@@ -10,15 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from scalekd.models.attention import set_fused_attention, timm_attention
+from scalekd.models.probed_teacher import create_probed_model
+from scalekd.models.student import model_known, unknown_model
 from scalekd.models.teacher_stages import TeacherStages
-from scalekd.models.weights import create_with_weights
-from scalekd.recipe import TeacherCfg
+from scalekd.models.weights import load_timm_model
+from scalekd.models.student import data_config
+from scalekd.recipe import Recipe, TeacherCfg
 
 
 @dataclass
@@ -28,6 +30,17 @@ class TeacherOutput:
     # proxy path starts), float32 NCHW maps
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     proxy: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # TPP: split map -> final
+
+
+# the smallest normal float32: a class with no mass gets a finite log-probability, so that KL
+# terms read 0 * finite, not 0 * -inf
+_FLOOR = torch.finfo(torch.float32).tiny
+
+
+def soft_label_output(probs: torch.Tensor) -> TeacherOutput:
+    """A teacher known by its (B, C) class distributions (a teacher cache's soft labels) as the
+    distillers read a teacher: log p as its logits."""
+    return TeacherOutput(logits=probs.clamp_min(_FLOOR).log())
 
 
 class FrozenTeacher(nn.Module):
@@ -111,30 +124,6 @@ def _channels(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1)
 
 
-def load_timm_model(cfg: TeacherCfg, num_classes: int) -> nn.Module:
-    """`cfg.name` with weights from teacher.checkpoint or the hub; num_classes=0 drops its
-    classifier (a classifier in the file is then ignored)."""
-    if cfg.checkpoint:
-        return create_with_weights("teacher.checkpoint", cfg.checkpoint, cfg.name, num_classes,
-                                   cfg.kwargs)
-    hub_classes = timm.models.get_pretrained_cfg(cfg.name).num_classes
-    if num_classes and hub_classes != num_classes:
-        raise ValueError(
-            f"teacher {cfg.name!r} from the hub predicts {hub_classes} classes, the data has "
-            f"{num_classes}: its head would be re-initialised at random. Train or probe a "
-            "head for this data and pass it as teacher.checkpoint=FILE"
-        )
-    try:
-        return timm.create_model(cfg.name, pretrained=True, num_classes=num_classes,
-                                 **cfg.kwargs)
-    except Exception as err:  # no network, unknown tag, gated repo, ...
-        raise RuntimeError(
-            f"could not fetch the weights of teacher {cfg.name!r} from the Hugging Face hub "
-            f"({type(err).__name__}: {err}). Download them where there is internet and pass "
-            "teacher.checkpoint=/path/to/weights.safetensors"
-        ) from err
-
-
 def freeze_teacher(model: nn.Module, cfg: TeacherCfg, student_mean, student_std,
                    student_size: int, compile: bool = False) -> FrozenTeacher:
     """`model` as a FrozenTeacher with `cfg`'s speed options and its own normalisation."""
@@ -148,9 +137,60 @@ def freeze_teacher(model: nn.Module, cfg: TeacherCfg, student_mean, student_std,
 def create_teacher(cfg: TeacherCfg, num_classes: int, student_mean, student_std,
                    student_size: int) -> FrozenTeacher:
     if cfg.probe:  # encoder + the head `scalekd probe` trained on its features
-        from scalekd.models.probe import create_probed_model  # it loads through this module
-
         model = create_probed_model(cfg, num_classes)
     else:
         model = load_timm_model(cfg, num_classes)
     return freeze_teacher(model, cfg, student_mean, student_std, student_size, cfg.compile)
+
+
+def recipe_teacher(recipe: Recipe, num_classes: int) -> FrozenTeacher:
+    """The recipe's teacher, fed what distillation feeds it: the student's pixels (normalised
+    for the student, at data.input_size), re-normalised and resized for the teacher."""
+    norm = data_config(recipe.student.name)
+    return create_teacher(recipe.teacher, num_classes, norm["mean"], norm["std"],
+                          recipe.data.input_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# the teacher provider's checks of teacher.*, composed by scalekd.engine.validation
+
+
+def online_teacher_problems(cfg: TeacherCfg, method: str) -> list[str]:
+    """The teacher distill.method=`method` needs, run online: a timm name and its weights."""
+    if not cfg.name:
+        return [f"distill.method={method!r} needs a teacher: set teacher.name=<timm model>"]
+    if not model_known(cfg.name):
+        return [unknown_model("teacher.name", cfg.name)]
+    if not cfg.checkpoint and not cfg.pretrained:
+        return [f"teacher {cfg.name!r} has no weights: pass teacher.checkpoint=/path/to/weights"
+                " (.safetensors or .pth), or teacher.pretrained=true to download timm's weights"
+                " for that name from the Hugging Face hub"]
+    return []
+
+
+def compile_problems(cfg: TeacherCfg, method: str, taps_features: bool) -> list[str]:
+    """teacher.compile with a method that taps the teacher's features."""
+    if cfg.compile and taps_features:
+        return [f"teacher.compile=true: distill.method={method!r} taps the teacher's features "
+                "with hooks, which torch.compile would re-trace every step; compile serves "
+                "logit methods: set teacher.compile=false"]
+    return []
+
+
+def teacher_setting_problems(cfg: TeacherCfg) -> list[str]:
+    checks = [
+        (cfg.dtype in ("bf16", "fp32"), "teacher.dtype must be bf16 or fp32"),
+        (cfg.placement in ("replicated", "zero3"),
+         "teacher.placement must be replicated or zero3"),
+        (cfg.attention in ("sdpa", "eager", "xformers"),
+         f"teacher.attention={cfg.attention!r} must be sdpa, eager or xformers"),
+        (not (cfg.compile and cfg.placement == "zero3"),
+         "teacher.compile=true needs teacher.placement=replicated (DeepSpeed runs a sharded "
+         "teacher's forward itself)"),
+    ]
+    return [msg for ok, msg in checks if not ok]
+
+
+def teacher_size_problems(cfg: TeacherCfg) -> list[str]:
+    return [] if cfg.input_size == 0 or cfg.input_size >= 8 else [
+        f"teacher.input_size={cfg.input_size} must be 0 (the student's) or >= 8"]

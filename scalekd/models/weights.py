@@ -15,9 +15,39 @@ import timm
 import torch
 import torch.nn as nn
 
-from scalekd.recipe import RecipeError
+from scalekd.recipe import RecipeError, TeacherCfg
 
 _SHOWN = 4  # tensors named per kind of mismatch
+
+
+def load_timm_model(cfg: TeacherCfg, num_classes: int) -> nn.Module:
+    """`cfg.name` with weights from teacher.checkpoint or the hub; num_classes=0 drops its
+    classifier (a classifier in the file is then ignored)."""
+    if cfg.checkpoint:
+        return create_with_weights("teacher.checkpoint", cfg.checkpoint, cfg.name, num_classes,
+                                   cfg.kwargs)
+    hub_classes = timm.models.get_pretrained_cfg(cfg.name).num_classes
+    if num_classes and hub_classes != num_classes:
+        raise ValueError(
+            f"teacher {cfg.name!r} from the hub predicts {hub_classes} classes, the data has "
+            f"{num_classes}: its head would be re-initialised at random. Train or probe a "
+            "head for this data and pass it as teacher.checkpoint=FILE"
+        )
+    try:
+        return timm.create_model(cfg.name, pretrained=True, num_classes=num_classes,
+                                 **cfg.kwargs)
+    except Exception as err:  # no network, unknown tag, gated repo, ...
+        raise RuntimeError(
+            f"could not fetch the weights of teacher {cfg.name!r} from the Hugging Face hub "
+            f"({type(err).__name__}: {err}). Download them where there is internet and pass "
+            "teacher.checkpoint=/path/to/weights.safetensors"
+        ) from err
+
+
+def weights_file_problems(files: dict[str, str]) -> list[str]:
+    """Recipe field -> weights path, for the paths that are set: each must be a file."""
+    return [f"{label}={path!r} does not exist; give the path of a weights file"
+            for label, path in files.items() if path and not Path(path).is_file()]
 
 
 def create_with_weights(label: str, path: str, name: str, num_classes: int,

@@ -3,7 +3,8 @@
 import pytest
 
 from scalekd.data.classes import load_split
-from scalekd.recipe import DataCfg, Recipe, RecipeError, apply_overrides, validate
+from scalekd.engine.validation import validate
+from scalekd.recipe import DataCfg, Recipe, RecipeError, apply_overrides
 
 
 def test_keeps_the_classes_relabelled_in_order():

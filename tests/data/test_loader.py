@@ -88,7 +88,8 @@ def test_random_interpolation_evaluates_with_the_students_own():
 def test_a_bad_interpolation_is_refused_before_any_compute():
     import pytest
 
-    from scalekd.recipe import RecipeError, validate
+    from scalekd.engine.validation import validate
+    from scalekd.recipe import RecipeError
 
     r, _ = synthetic("aug.interpolation=bicubical", "distill.method=supervised")
     with pytest.raises(RecipeError, match="aug.interpolation='bicubical': timm cannot build"):

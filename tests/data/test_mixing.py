@@ -18,7 +18,8 @@ from PIL import Image  # noqa: E402
 from scalekd.cli import main  # noqa: E402
 from scalekd.data.mixing import (ImageMixerPipeline, MixError, MixOptions, load_pipeline,  # noqa: E402
                                  plan)
-from scalekd.recipe import Recipe, RecipeError, apply_overrides, validate  # noqa: E402
+from scalekd.engine.validation import validate  # noqa: E402
+from scalekd.recipe import Recipe, RecipeError, apply_overrides  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 FAST = ["--steps", "2", "--size", "64", "--batch-size", "4"]

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from scalekd.distill import create_distiller
 from scalekd.models.teacher import TeacherOutput
-from scalekd.recipe import Recipe, RecipeError, apply_overrides, validate
+from scalekd.engine.validation import validate
+from scalekd.recipe import Recipe, RecipeError, apply_overrides
 
 METHODS = ["kd", "bkd", "bkl", "dkd", "dist"]
 S = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.5, -1.0, 1.5, 0.2]])

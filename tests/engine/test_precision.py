@@ -15,7 +15,8 @@ import pytest
 from helpers.runs import run
 from scalekd.engine.distributed import (build_accelerator, deepspeed_config, precision_note,
                                         release_accelerate_state)
-from scalekd.recipe import Recipe, RecipeError, apply_overrides, validate
+from scalekd.engine.validation import validate
+from scalekd.recipe import Recipe, RecipeError, apply_overrides
 
 ENV = "ACCELERATE_MIXED_PRECISION"
 

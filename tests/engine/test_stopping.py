@@ -2,6 +2,7 @@
 rank 0 only; each checkpoints at a step boundary, and the next job ends with the weights of an
 uninterrupted run, for a student with drop path and a loader worker (helpers.runs.STOCHASTIC)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from helpers.runs import (STOCHASTIC, exported, group_members, launch_command, scalars,
                           single_command, start, subprocess_env, tail, train_in_process,
                           wait_group_gone)
+from scalekd.engine.run_folder import STOPPED
 from scalekd.engine.trainer import FINISHED
 
 EPOCHS = ["run.epochs=6", "run.log_every=1", *STOCHASTIC]  # 24 steps of the tiny run
@@ -52,9 +54,15 @@ def test_time_budget_stops_before_the_limit(whole, tmp_path, tiny_run, monkeypat
     first = train_in_process(tiny_run(run_dir, *EPOCHS, "run.time_budget_s=12"))
     assert not first.finished and 4 < first.steps <= 12  # a step a (fake) second
     assert not (run_dir / FINISHED).exists()
+    # the record a batch script reads when the launcher's status is not 0 (slurm/train.sbatch)
+    assert json.loads((run_dir / STOPPED).read_text()) == {
+        "step": first.steps, "total_steps": 24, "reason": "run.time_budget_s=12 nearly spent",
+        "signal": None, "checkpoint": f"checkpoints/step_{first.steps:09d}"}
+    assert (run_dir / "checkpoints" / f"step_{first.steps:09d}" / "COMPLETE").is_file()
     monkeypatch.undo()
     second = train_in_process(tiny_run(run_dir, *EPOCHS))
     assert second.finished and second.steps == 24
+    assert not (run_dir / STOPPED).exists()  # removed as the next job started
     assert_same_export(run_dir, whole)
 
 
@@ -112,6 +120,7 @@ def test_sigterm_to_the_process_group_with_loader_workers_checkpoints(tmp_path, 
     assert len(stopped) == 1 and not (run_dir / FINISHED).exists(), out
     step = int(stopped[0].name.split("_")[1])
     assert f"stopping at step {step} of 160 (received SIGTERM)" in out, out
+    assert json.loads((run_dir / STOPPED).read_text())["signal"] == "SIGTERM"
     again = train_in_process(tiny_run(run_dir, *long, "run.steps_per_job=1"))
     assert again.steps == step + 1
 

@@ -7,7 +7,8 @@ import torch
 
 from scalekd.engine.trainer import build_student
 from scalekd.models.teacher import TeacherOutput
-from scalekd.recipe import Recipe, RecipeError, apply_overrides, validate
+from scalekd.engine.validation import validate
+from scalekd.recipe import Recipe, RecipeError, apply_overrides
 
 CNN = ["student.name=resnet18"]  # BatchNorm and convolutions: where channels_last pays
 VIT = ["student.name=vit_tiny_patch16_224",

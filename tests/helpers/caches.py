@@ -22,7 +22,7 @@ def write_cache(out: Path, overrides: list[str], draws: int = DRAWS, k: int = TO
                 shard_size: int = SHARD, **kwargs) -> dict:
     """The cache of the recipe `overrides` describe, in this process; its index."""
     from scalekd.recipe import Recipe, apply_overrides
-    from scalekd.teacher_cache.writer import cache_teacher
+    from scalekd.tools.cache_teacher import cache_teacher
 
     recipe = apply_overrides(Recipe(), overrides)
     return cache_teacher(recipe, out, draws, k, shard_size, batch_size=32, **kwargs)

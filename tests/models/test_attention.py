@@ -11,7 +11,8 @@ import torch
 
 from scalekd.distill.cap import CrossAttentionProjector
 from scalekd.models import attention
-from scalekd.recipe import Recipe, RecipeError, apply_overrides, validate
+from scalekd.engine.validation import validate
+from scalekd.recipe import Recipe, RecipeError, apply_overrides
 
 from helpers.tiny_models import TEACHERS, make_teacher
 

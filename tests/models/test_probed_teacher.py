@@ -7,10 +7,11 @@ from safetensors.torch import load_file
 
 from helpers.probes import probe_overrides
 from helpers.runs import TINY_VIT
-from scalekd.models.probe import HEAD_FILE, ProbedModel, make_head, probe_features
+from scalekd.models.probed_teacher import HEAD_FILE, ProbedModel, make_head, probe_features
 from scalekd.models.teacher import create_teacher, freeze_teacher
-from scalekd.probe import probe
-from scalekd.recipe import Recipe, RecipeError, apply_overrides, validate
+from scalekd.tools.probe_teacher import probe
+from scalekd.engine.validation import validate
+from scalekd.recipe import Recipe, RecipeError, apply_overrides
 
 VIT = {"img_size": 32, "depth": 4, "embed_dim": 48}
 

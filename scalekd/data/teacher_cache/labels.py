@@ -30,11 +30,6 @@ import torch
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
 
-from scalekd.models.teacher import TeacherOutput
-
-# log of the smallest normal float32: a class with no mass gets a finite log-probability, so
-# that KL terms read 0 * finite, not 0 * -inf
-_FLOOR = torch.finfo(torch.float32).tiny
 
 
 def dense_probs(log_probs: torch.Tensor, classes: torch.Tensor,
@@ -44,11 +39,6 @@ def dense_probs(log_probs: torch.Tensor, classes: torch.Tensor,
     k = top.shape[-1]
     rest = (1 - top.sum(-1, keepdim=True)).clamp_min(0) / max(num_classes - k, 1)
     return rest.expand(len(top), num_classes).clone().scatter_(1, classes.long(), top)
-
-
-def teacher_output(probs: torch.Tensor) -> TeacherOutput:
-    """The teacher's output as the distillers read it: log p as its logits."""
-    return TeacherOutput(logits=probs.clamp_min(_FLOOR).log())
 
 
 class SoftLabelMixup(Mixup):

@@ -34,14 +34,15 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from scalekd.data import build_eval_loader
-from scalekd.data.loader import eval_interpolation
 from scalekd.data.classes import load_split
-from scalekd.data.loader import keep_labelled
+from scalekd.data.loader import eval_interpolation, keep_labelled
+from scalekd.engine.validation import validate
+from scalekd.files import write_atomically, write_text_atomically
 from scalekd.models import FrozenTeacher, data_config
+from scalekd.models.probed_teacher import (HEAD_FILE, PROBE_FILE, ProbedModel, create_encoder,
+                                           has_class_token, make_head, teacher_record)
 from scalekd.models.teacher import freeze_teacher
-from scalekd.models.probe import (HEAD_FILE, PROBE_FILE, ProbedModel, create_encoder,
-                                  has_class_token, make_head, teacher_record)
-from scalekd.recipe import Recipe, RecipeError, validate
+from scalekd.recipe import Recipe, RecipeError
 
 
 @dataclass
@@ -113,8 +114,10 @@ def probe(recipe: Recipe) -> ProbeResult:
                      "seed": recipe.run.seed, "images": len(labels)},
         "recipe": recipe.to_dict(),
     }
-    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out / HEAD_FILE))
-    (out / PROBE_FILE).write_text(json.dumps(spec, indent=2))  # last: marks the folder complete
+    write_atomically(out / HEAD_FILE, lambda tmp: save_file(
+        {k: v.contiguous() for k, v in head.state_dict().items()}, str(tmp)))
+    # last: marks the folder complete
+    write_text_atomically(out / PROBE_FILE, json.dumps(spec, indent=2))
     print(f"probe: wrote {out / HEAD_FILE} and {out / PROBE_FILE}")
     return ProbeResult(out, best, grid[best], eval_top1, grid)
 
@@ -208,9 +211,8 @@ def cached_features(recipe: Recipe, teacher: FrozenTeacher, which: str,
             return (cached["features"], cached["labels"]), list(images.classes)
     features, labels = compute_features(recipe, teacher, images, device)
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_suffix(".tmp")
-    save_file({"features": features, "labels": labels}, str(tmp), metadata={"key": key})
-    tmp.replace(file)
+    write_atomically(file, lambda tmp: save_file({"features": features, "labels": labels},
+                                                 str(tmp), metadata={"key": key}))
     return (features, labels), list(images.classes)
 
 

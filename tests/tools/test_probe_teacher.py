@@ -15,10 +15,11 @@ from helpers.runs import REPO, scalars, subprocess_env, train_in_process
 from scalekd.data import build_eval_loader
 from scalekd.data.classes import load_split
 from scalekd.data.loader import keep_labelled
+from scalekd.engine.validation import validate
 from scalekd.models import data_config
-from scalekd.probe import (cached_features, compute_features, feature_teacher, new_head, probe,
-                           stratified_split, top1, train_head)
-from scalekd.recipe import Recipe, apply_overrides, validate
+from scalekd.recipe import Recipe, apply_overrides
+from scalekd.tools.probe_teacher import (cached_features, compute_features, feature_teacher,
+                                         new_head, probe, stratified_split, top1, train_head)
 
 CPU = torch.device("cpu")
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import scalekd.teacher_cache.writer as writer
+import scalekd.tools.cache_teacher as writer
 from helpers.caches import DRAWS, SHARD, TOPK, cache_run, cached, write_cache
 from helpers.runs import write_tiny_teacher
 from scalekd.cli import main
-from scalekd.teacher_cache.store import entry_bytes, size_estimate
+from scalekd.data.teacher_cache.store import entry_bytes, size_estimate
 
 
 def test_index_and_shards(tiny_cache, tiny_teacher):

@@ -13,9 +13,9 @@ from scalekd.data.sampler import loader_generator
 from scalekd.data.source import LabelledImages
 from scalekd.data.workers import leave_signals_to_trainer
 from scalekd.recipe import Recipe
-from scalekd.teacher_cache.draws import Augmentation, DrawBatches
-from scalekd.teacher_cache.labels import dense_probs
-from scalekd.teacher_cache.store import CacheReader, read_index
+from scalekd.data.teacher_cache.draws import Augmentation, DrawBatches
+from scalekd.data.teacher_cache.labels import dense_probs
+from scalekd.data.teacher_cache.store import CacheReader, read_index
 
 
 class ReplayedCrops(Dataset):

@@ -6,10 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from scalekd.distill.bkd import binary_kd_loss
-from scalekd.distill.dist import dist_loss
+from scalekd.distill.dist_relations import dist_loss
 from scalekd.distill.dkd import dkd_loss
 from scalekd.kernels.kd_loss import kd_loss
-from scalekd.teacher_cache.labels import SoftLabelMixup, dense_probs, teacher_output
+from scalekd.data.teacher_cache.labels import SoftLabelMixup, dense_probs
+from scalekd.models.teacher import soft_label_output as teacher_output
 
 C = 10
 

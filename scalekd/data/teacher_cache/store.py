@@ -3,7 +3,7 @@
 The index names the teacher (timm name, checkpoint path and SHA-256), k (logits kept per crop),
 K (`draws` per image), the image and class counts, the augmentation the draws were made under,
 and the shards. Shard s holds images [s * shard_size, (s+1) * shard_size) of the training split:
-- "draws" int32 (n, K, 6): each draw's crop box, flip and seed (scalekd.teacher_cache.draws);
+- "draws" int32 (n, K, 6): each draw's crop box, flip and seed (scalekd.data.teacher_cache.draws);
 - "log_probs" float16 (n, K, k): the teacher's k largest log-probabilities, log_softmax of its
   logits over all classes, largest first;
 - "classes" int16 (int32 beyond 32,767 classes) (n, K, k): their classes.
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+
+from scalekd.files import write_atomically, write_text_atomically
 
 INDEX = "index.json"
 FORMAT = 1
@@ -64,24 +66,21 @@ def read_index(folder: Path) -> Optional[dict[str, Any]]:
 def write_index(folder: Path, index: dict[str, Any]) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{INDEX}.tmp"
-    tmp.write_text(json.dumps(index, indent=2))
-    os.replace(tmp, folder / INDEX)
+    write_text_atomically(folder / INDEX, json.dumps(index, indent=2))
 
 
 def write_shard(folder: Path, shard: int, start: int, draws: torch.Tensor,
                 log_probs: torch.Tensor, classes: torch.Tensor) -> Path:
     from safetensors.torch import save_file
 
-    path = Path(folder) / shard_name(shard)
-    tmp = path.with_suffix(".tmp")
-    save_file({"draws": draws.to(torch.int32).contiguous(),
-               "log_probs": log_probs.to(torch.float16).contiguous(),
-               "classes": classes.contiguous()}, str(tmp),
-              metadata={"start": str(start), "count": str(len(draws))})
-    os.chmod(tmp, 0o644)  # safetensors creates it private; a cache is read by other jobs
-    os.replace(tmp, path)
-    return path
+    def write(tmp: Path) -> None:
+        save_file({"draws": draws.to(torch.int32).contiguous(),
+                   "log_probs": log_probs.to(torch.float16).contiguous(),
+                   "classes": classes.contiguous()}, str(tmp),
+                  metadata={"start": str(start), "count": str(len(draws))})
+        os.chmod(tmp, 0o644)  # safetensors creates it private; a cache is read by other jobs
+
+    return write_atomically(Path(folder) / shard_name(shard), write)
 
 
 class CacheReader:

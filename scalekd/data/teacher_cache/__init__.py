@@ -9,8 +9,11 @@ by Mixup/CutMix as the images are (labels.py); the teacher is neither built nor 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from scalekd.data.teacher_cache.draws import augmentation_config
+from scalekd.data.teacher_cache.store import read_index
 from scalekd.recipe import Recipe
 
 TEACHER_MODES = ("online", "cached")
@@ -29,25 +32,23 @@ def replay_problems(recipe: Recipe) -> list[str]:
     return problems
 
 
-def cache_problems(recipe: Recipe) -> list[str]:
-    """The checks of teacher.mode / teacher.cache, for `recipe.validate`."""
-    from scalekd.distill import DISTILLERS
-    from scalekd.teacher_cache.draws import augmentation_config
-    from scalekd.teacher_cache.store import read_index
-
+def cache_problems(recipe: Recipe, needs_features: bool, logit_methods: list[str],
+                   student_norm: Callable[[], dict]) -> list[str]:
+    """The checks of teacher.mode / teacher.cache, for `validate`, and what a cache combines
+    with: a method that `needs_features` cannot (`logit_methods` can); its augmentation must be
+    the run's, whose normalisation is the student's (`student_norm()`: mean and std)."""
     t = recipe.teacher
     if t.mode not in TEACHER_MODES:
         return [f"teacher.mode={t.mode!r} must be online or cached"]
     if t.mode == "online":
         return []
     problems = replay_problems(recipe)
-    method = DISTILLERS.get(recipe.distill.method)
-    if method is not None and method.needs_features:
+    if needs_features:
         problems.append(
             f"distill.method={recipe.distill.method!r} needs the online teacher: it mimics the "
             "teacher's features (and runs its stages), which a teacher cache does not hold, "
-            "only top-k logits; use teacher.mode=online, or a logit method (kd, bkd, bkl, dkd, "
-            "dist) with the cache")
+            f"only top-k logits; use teacher.mode=online, or a logit method "
+            f"({', '.join(logit_methods)}) with the cache")
     if recipe.data.mixed:
         problems.append("data.mixed is not supported with teacher.mode=cached: the cache holds "
                         "the real images' crops only; use teacher.mode=online with it")
@@ -67,9 +68,7 @@ def cache_problems(recipe: Recipe) -> list[str]:
     if t.name and t.name != index["teacher"]["name"]:
         problems.append(f"teacher.name={t.name!r}, but teacher.cache={t.cache!r} holds the "
                         f"outputs of {index['teacher']['name']!r}")
-    from scalekd.models import data_config
-
-    norm = data_config(recipe.student.name)
+    norm = student_norm()
     ours = augmentation_config(recipe, norm["mean"], norm["std"])
     differ = [f"{key} {index['augmentation'].get(key)!r} (cache) vs {value!r}"
               for key, value in ours.items() if index["augmentation"].get(key) != value]

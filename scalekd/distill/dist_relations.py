@@ -40,6 +40,7 @@ def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 @register_distiller("dist")
 class DIST(Distiller):
+    listed_at = 4
     loss_terms = {"hard": 1.0, "inter": 1.0, "intra": 1.0}
 
     def forward(self, student_logits, teacher, targets):

@@ -10,10 +10,10 @@ from scalekd.data import SOURCES, build_train_data
 from scalekd.data.sampler import EpochBatches
 from scalekd.models import create_teacher, data_config
 from scalekd.recipe import Recipe, apply_overrides
-from scalekd.teacher_cache.draws import Augmentation, DrawBatches
-from scalekd.teacher_cache.replay import ReplayedCrops
-from scalekd.teacher_cache.store import CacheReader
-from scalekd.teacher_cache.writer import DrawnCrops
+from scalekd.data.teacher_cache.draws import Augmentation, DrawBatches
+from scalekd.data.teacher_cache.replay import ReplayedCrops
+from scalekd.data.teacher_cache.store import CacheReader
+from scalekd.tools.cache_teacher import DrawnCrops
 
 
 def setup(tiny_cache, *extra):

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from helpers.caches import cached
-from scalekd.recipe import Recipe, RecipeError, apply_overrides, validate
+from scalekd.engine.validation import validate
+from scalekd.recipe import Recipe, RecipeError, apply_overrides
 
 
 def problems(tiny_cache, *extra) -> list[str]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scalekd.distill import create_distiller
-from scalekd.distill.dist import dist_loss, pearson_rows
+from scalekd.distill.dist_relations import dist_loss, pearson_rows
 from scalekd.models.teacher import TeacherOutput
 from scalekd.recipe import Recipe, apply_overrides
 

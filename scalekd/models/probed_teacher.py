@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from scalekd.models.teacher import load_timm_model
+from scalekd.models.weights import load_timm_model
 from scalekd.recipe import DataCfg, TeacherCfg
 
 PROBE_FILE, HEAD_FILE = "probe.json", "head.safetensors"

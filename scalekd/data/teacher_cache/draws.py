@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
-from timm.data import create_transform
 from torchvision import transforms
 
 from scalekd.data.on_batch import seed_all
 from scalekd.data.sampler import EpochBatches
+from scalekd.data.transforms import train_transform
 from scalekd.recipe import Recipe
 
 FIELDS = ("top", "left", "height", "width", "flip", "seed")
@@ -51,14 +51,9 @@ class Augmentation:
     draw for an image, `apply` replays one (a float tensor normalised with `mean`/`std`)."""
 
     def __init__(self, recipe: Recipe, mean: Sequence[float], std: Sequence[float]):
-        d, a = recipe.data, recipe.aug
-        primary, secondary, final = create_transform(
-            d.input_size, is_training=True, scale=a.scale, ratio=a.ratio, hflip=a.hflip,
-            color_jitter=a.color_jitter, auto_augment=a.auto_augment or None,
-            interpolation=a.interpolation, mean=mean, std=std, re_prob=a.re_prob,
-            separate=True)
+        primary, secondary, final = train_transform(recipe, mean, std, separate=True)
         self.crop = primary.transforms[0]  # timm's RandomResizedCropAndInterpolation
-        self.hflip = a.hflip
+        self.hflip = recipe.aug.hflip
         self.rest = transforms.Compose([secondary, final])
 
     def draw(self, image: Image.Image, seed: int, index: int, draw: int) -> list[int]:

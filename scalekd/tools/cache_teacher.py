@@ -20,11 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from scalekd.data.classes import load_split
 from scalekd.data.source import LabelledImages
-from scalekd.recipe import Recipe
-from scalekd.teacher_cache.draws import Augmentation, augmentation_config
-from scalekd.teacher_cache.store import (FORMAT, class_dtype, read_index, shard_name,
-                                         size_estimate, write_index, write_shard)
+from scalekd.data.teacher_cache import replay_problems
+from scalekd.data.teacher_cache.draws import Augmentation, augmentation_config
+from scalekd.data.teacher_cache.store import (FORMAT, class_dtype, read_index, shard_name,
+                                              size_estimate, write_index, write_shard)
+from scalekd.engine.logging import RunLog
+from scalekd.engine.validation import validate
+from scalekd.models import data_config
+from scalekd.models.teacher import recipe_teacher
+from scalekd.recipe import Recipe, RecipeError
 
 CPU = torch.device("cpu")
 
@@ -47,9 +53,6 @@ class DrawnCrops(Dataset):
 
 def writer_problems(recipe: Recipe) -> list[str]:
     """What stops `recipe`'s teacher cache from being written (checked before any compute)."""
-    from scalekd.recipe import RecipeError, validate
-    from scalekd.teacher_cache import replay_problems
-
     # the recipe as an online run: the teacher, its weights and the data are checked
     online = dataclasses.replace(recipe, students={},
                                  teacher=dataclasses.replace(recipe.teacher, mode="online"))
@@ -95,9 +98,6 @@ def cache_teacher(recipe: Recipe, out: Path, draws: int, k: int, shard_size: int
                   ) -> dict[str, Any]:
     """Write (or finish writing) the cache of `recipe`'s teacher on its training split to
     `out`; returns the index. A folder holding a cache of another configuration is an error."""
-    from scalekd.data.classes import load_split
-    from scalekd.engine.logging import RunLog
-    from scalekd.models import create_teacher, data_config
 
     out = Path(out)
     images = load_split(recipe.data, recipe.data.train_split)  # data.classes as training sees it
@@ -140,8 +140,7 @@ def cache_teacher(recipe: Recipe, out: Path, draws: int, k: int, shard_size: int
 
     if todo:
         with torch.random.fork_rng():  # the teacher's (discarded) init draws no global RNG
-            teacher = create_teacher(recipe.teacher, num_classes, norm["mean"], norm["std"],
-                                     recipe.data.input_size).to(device)
+            teacher = recipe_teacher(recipe, num_classes).to(device)
         crops = DrawnCrops(images, Augmentation(recipe, norm["mean"], norm["std"]),
                            recipe.run.seed)
         loader = DataLoader(crops, batch_sampler=batches, num_workers=recipe.data.workers)
