@@ -22,7 +22,10 @@ steps, so its second TensorBoard window (throughput/images_per_s) is exactly the
 the hand-written loop times the same steps with the same data waits. The rows run interleaved
 (no teacher, online, cached, hand-written, then again) `--repeats` times; the table gives each
 row's median and its spread (min-max), and the trainer's overhead from each repeat's online and
-hand-written pair. The machine's load is printed with the table.
+hand-written pair. Every row runs `--threads` torch threads (default: one per core; the
+trainer's run.threads=0 would choose fewer beside its loader worker, the effect
+benchmarks/vs_timm_train.py shows), so the overhead is the trainer's own work. The machine's
+load is printed with the table.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def recipe(run_dir: Path, pair: str, weights: Path, batch: int, steps: int,
         f"student.name={student}", f"teacher.name={teacher}", f"teacher.checkpoint={weights}",
         "teacher.dtype=fp32", "eval.teacher=false", "optim.name=sgd", "optim.lr=0.01",
         "optim.warmup_epochs=0", "distill.method=kd", "distill.hard_loss=ce",
-        "run.precision=no", *extra])
+        "run.precision=no", f"run.threads={torch.get_num_threads()}", *extra])
     r.teacher.kwargs = dict(kwargs)
     return r
 
@@ -139,8 +142,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved passes over the rows")
     parser.add_argument("--pairs", nargs="+", default=["beitv2-l", "vit-g/14"],
                         choices=list(PAIRS))
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads of every row (default: one per core)")
     args = parser.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
 
     results: dict[str, dict[str, list[float]]] = {}
     loads = [os.getloadavg()[0]]
@@ -160,7 +165,8 @@ def main() -> None:
                 loads.append(os.getloadavg()[0])
 
     print(f"\nimages/s of KD steps, batch {args.batch}, {args.steps} timed steps a row, "
-          f"{args.repeats} interleaved passes: median (min-max), x online; 1-minute load "
+          f"{args.repeats} interleaved passes, {args.threads} torch threads: median (min-max), "
+          f"x online; 1-minute load "
           f"average {min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} cores")
     labels = {pair: f"{pair} -> {PAIRS[pair][2]} @{PAIRS[pair][3]}" for pair in results}
     print(f"{'':<20}" + "".join(f"{labels[pair]:>36}" for pair in results))

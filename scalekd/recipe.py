@@ -37,6 +37,9 @@ class RunCfg:
     # student mixed precision: auto (the launcher's: `accelerate launch --mixed_precision` or
     # its config file's mixed_precision; no without a launcher) | no | bf16 | fp16
     precision: str = "auto"
+    # torch's intra-op threads in the training process; 0: auto: OMP_NUM_THREADS if set (as
+    # `accelerate launch` sets it), else torch's count (the cores) less data.workers, at least 1
+    threads: int = 0
     log_every: int = 10  # steps between TensorBoard scalar writes
     max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs); for smoke runs
     # end this job early, checkpointed, to be resumed by the next one (0: off): before this many

@@ -125,6 +125,7 @@ def build_student(recipe: Recipe, num_classes: int, steps_per_epoch: int,
 def train(recipe: Recipe) -> TrainResult:
     # SIGUSR1/SIGTERM are caught from the first line to the last: one arriving while the run
     # starts up stops it after its first step, one arriving during the final evaluation is moot
+    threads = torch.get_num_threads()
     with StopRequests(recipe.run.time_budget_s, recipe.run.steps_per_job) as stops:
         try:
             result = _train(recipe, stops)
@@ -132,6 +133,7 @@ def train(recipe: Recipe) -> TrainResult:
             return result
         finally:  # so that a later train() in this process may pick another precision
             release_accelerate_state()
+            torch.set_num_threads(threads)  # and starts from the process's own thread count
 
 
 def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
@@ -147,6 +149,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     universal = resume_from is not None and Checkpoints.needs_universal(
         resume_from, launched_world_size(), resolved_zero_stage(recipe) > 0)
     accelerator = build_accelerator(recipe, load_universal=universal)
+    threads_note = _set_torch_threads(recipe)  # after accelerate's own multi-CPU choice
     set_seed(recipe.run.seed)
     main = accelerator.is_main_process
     recipe_file, previous = run_dir / "recipe.json", None
@@ -210,6 +213,8 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
 
     log = RunLog(run_dir / "tb", total_steps, step, main)
     log.print(precision_note(recipe))
+    if threads_note:
+        log.print(threads_note)
     nonfinite = NonFiniteGuard(recipe.run.on_nonfinite, recipe.run.max_skipped_steps, step,
                                accelerator.device)
     if resume_from:
@@ -452,6 +457,27 @@ def _seconds(start, end) -> float:
         return end - start
     end.synchronize()  # at a log step, where the device has caught up already
     return start.elapsed_time(end) / 1000
+
+
+def _set_torch_threads(recipe: Recipe) -> Optional[str]:
+    """Set torch's intra-op threads in this process (run.threads); returns what auto chose
+    when it changed torch's count, for the log. Auto leaves a core to each loader worker:
+    every parallel op waits for its slowest thread, so one thread sharing its core with a
+    worker (or any other busy process) stalls the whole step. On 2 cores beside 2 workers and
+    other load, 2 threads ran a 32 px KD step several times slower than 1 (README, against
+    timm's train.py). `accelerate launch` sets OMP_NUM_THREADS (1 per process on GPUs)."""
+    if recipe.run.threads:
+        torch.set_num_threads(recipe.run.threads)
+        return None
+    if os.environ.get("OMP_NUM_THREADS"):  # the launcher's or the user's choice
+        return None
+    cores, workers = torch.get_num_threads(), recipe.data.workers
+    threads = max(1, cores - workers)
+    if threads == cores:
+        return None
+    torch.set_num_threads(threads)
+    return (f"torch threads: {threads} of {cores} (run.threads=0: the cores less "
+            f"data.workers={workers}; set run.threads or OMP_NUM_THREADS to choose)")
 
 
 def _check_cpu_bf16_batchnorm(model: nn.Module, accelerator) -> None:

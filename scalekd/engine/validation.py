@@ -130,6 +130,7 @@ def _run_control_problems(r: Recipe) -> list[str]:
         (r.run.on_nonfinite in ("stop", "skip"),
          f"run.on_nonfinite={r.run.on_nonfinite!r} must be stop or skip"),
         (r.run.max_skipped_steps >= 0, "run.max_skipped_steps must be >= 0"),
+        (r.run.threads >= 0, f"run.threads={r.run.threads} must be >= 0 (0: auto)"),
     ])
 
 

@@ -118,3 +118,36 @@ def test_zero_epochs_between_evaluations_and_checkpoints_means_only_at_the_end(t
     assert result.finished and result.steps == 8
     assert list(scalars(run_dir)["eval/top1"]) == [8]
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step_000000008"]
+
+
+# run.threads: torch's intra-op threads while the run trains, the process's own afterwards
+@pytest.mark.parametrize("overrides, omp_env, inside", [
+    (["data.workers=1"], None, 2),  # auto: the cores (3 here) less the loader's workers
+    (["data.workers=4"], None, 1),  # at least one
+    (["data.workers=1", "run.threads=4"], None, 4),  # the recipe's count
+    (["data.workers=1"], "3", 3),  # auto leaves a launcher's (or user's) OMP_NUM_THREADS alone
+])
+def test_run_threads_set_torch_threads_for_the_run_only(tmp_path, tiny_run, monkeypatch,
+                                                        overrides, omp_env, inside):
+    from scalekd.engine.trainer import DistillationModel
+
+    seen, forward = [], DistillationModel.forward
+
+    def recording(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(DistillationModel, "forward", recording)
+    if omp_env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp_env)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        train_in_process(tiny_run(tmp_path / "run", "run.max_steps=2", "eval.teacher=false",
+                                  *overrides))
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {inside}
