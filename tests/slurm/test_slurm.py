@@ -255,7 +255,9 @@ def test_two_nodes_zero3(cluster, tmp_path, tiny_run):
     run_dir, log = tmp_path / "run", tmp_path / "job.out"
     job = sbatch(cluster, log, nodes=2, procs=1, overrides=tiny_run(run_dir),
                  LAUNCHER="launchers/cpu_2proc_zero3.yaml")
-    info = cluster.wait(job, log)
+    # a hang guard, not a speed test: DeepSpeed JIT-builds its CPU comm op on a machine's first
+    # ZeRO job (about a minute), which at load 5-6 took this job 66 s past the default 300 s
+    info = cluster.wait(job, log, timeout=600)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", f"{info}\n{tail(log)}"
     for r in (0, 1):
         rec = json.loads((run_dir / "sharding" / f"rank{r}.json").read_text())
