@@ -16,7 +16,7 @@ from scalekd.recipe import Recipe, RecipeError
 
 FINISHED = "FINISHED"  # marker file in the run folder once the whole schedule is done
 STOPPED = "STOPPED"  # the record of a clean early stop (scalekd/engine/stopping.py)
-OUTPUTS = ("checkpoints", "export", "tb", "metrics.json", FINISHED, STOPPED)  # what a run writes
+OUTPUTS = ("checkpoints", "export", "tb", "wandb", "metrics.json", FINISHED, STOPPED)  # what a run writes
 ASIDE = ".tmp-old-"  # outputs of a previous run being removed
 
 
