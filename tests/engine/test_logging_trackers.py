@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers.extras import require_extra
-from helpers.runs import train_in_process
+from helpers.runs import launch_command, run, train_in_process
 from scalekd.engine import logging as run_logging
 from scalekd.engine.logging import read_scalars
 from scalekd.engine.validation import validate
@@ -53,6 +53,7 @@ def wandb_history(run_dir: Path) -> dict[str, dict[str, dict[int, float]]]:
                     if not key.startswith("_"):  # wandb's own: _step, _runtime, ...
                         history.setdefault(key, {})[record.history.step.num] = json.loads(
                             item.value_json)
+        assert name not in out, f"two W&B runs named {name}"
         out[name] = history
     return out
 
@@ -65,22 +66,32 @@ def mlflow_metrics(uri: str) -> dict[str, dict[str, dict[int, float]]]:
     experiment = client.get_experiment_by_name(run_logging.PROJECT)
     out = {}
     for run in client.search_runs([experiment.experiment_id]):
+        assert run.info.run_name not in out, f"two MLflow runs named {run.info.run_name}"
         out[run.info.run_name] = {
             key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
             for key in run.data.metrics}
     return out
 
 
-def test_wandb_and_mlflow_log_what_tensorboard_logs_one_run_per_student(tiny_run, tmp_path,
-                                                                         monkeypatch):
+@pytest.fixture
+def stores(tmp_path, monkeypatch) -> str:
+    """W&B offline (its files in the run folder), MLflow on a file store in tmp_path: its URI."""
     uri = (tmp_path / "mlruns").as_uri()
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    run_dir = tmp_path / "run"
-    train_in_process(tiny_run(run_dir, "run.name=pair", "run.log_with=tensorboard,wandb,mlflow",
-                              "run.log_every=2", *TWO_STUDENTS))
+    return uri
 
+
+def all_trackers(tiny_run, run_dir: Path) -> list[str]:
+    """A two-student tiny run (`pair`) logging every second step to the three trackers."""
+    return tiny_run(run_dir, "run.name=pair", "run.log_with=tensorboard,wandb,mlflow",
+                    "run.log_every=2", *TWO_STUDENTS)
+
+
+def assert_trackers_hold_tensorboards_values(run_dir: Path, uri: str) -> None:
+    """One W&B run and one MLflow run per student, each with its student's TensorBoard tags
+    (unprefixed) and values, step for step."""
     tb = read_scalars(run_dir)
     own = {t: v for t, v in tb.items() if not t.startswith("alone/")}
     alone = {t[len("alone/"):]: v for t, v in tb.items() if t.startswith("alone/")}
@@ -93,6 +104,25 @@ def test_wandb_and_mlflow_log_what_tensorboard_logs_one_run_per_student(tiny_run
             for tag, values in tags.items():
                 assert got[tag] == pytest.approx(values, rel=1e-6), (name, tag)
     assert alone["loss/total"] != own["loss/total"]  # two students, two curves
+
+
+def test_wandb_and_mlflow_log_what_tensorboard_logs_one_run_per_student(tiny_run, tmp_path,
+                                                                         stores):
+    train_in_process(all_trackers(tiny_run, tmp_path / "run"))
+    assert_trackers_hold_tensorboards_values(tmp_path / "run", stores)
+
+
+@pytest.mark.multiprocess
+def test_only_the_main_process_logs(tiny_run, tmp_path, stores):
+    """Two processes (DDP over gloo): still one events file per student, one W&B run and one
+    MLflow run per student, holding the same values."""
+    run_dir = tmp_path / "run"
+    run(launch_command(all_trackers(tiny_run, run_dir), deepspeed=False), tmp_path / "log",
+        timeout=900)
+    for folder in (run_dir / "tb", run_dir / "tb" / "alone"):
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 2
+    assert_trackers_hold_tensorboards_values(run_dir, stores)
 
 
 def test_a_two_student_run_gives_each_student_a_writer_with_the_same_tags(tiny_run, tmp_path):
