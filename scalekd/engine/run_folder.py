@@ -42,7 +42,7 @@ def check_fresh_start(recipe: Recipe) -> None:
             f"({', '.join(found[:4])}{', ...' if len(found) > 4 else ''}); a fresh start there "
             "would mix the two runs. Choose another run.dir, resume it with "
             "checkpoint.resume=auto, or pass checkpoint.resume=overwrite to delete its "
-            "checkpoints, export, TensorBoard logs and FINISHED first"])
+            "checkpoints, export, TensorBoard and W&B logs and FINISHED first"])
 
 
 def clear(run_dir: Path) -> None:
