@@ -4,6 +4,7 @@ of its own with the same tags. The values are read back from what each library w
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
 from pathlib import Path
@@ -17,7 +18,7 @@ from scalekd.engine.logging import read_scalars
 from scalekd.engine.validation import validate
 from scalekd.recipe import Recipe, RecipeError, apply_overrides
 
-require_extra(None if all(run_logging.importlib.util.find_spec(m) for m in ("wandb", "mlflow"))
+require_extra(None if all(importlib.util.find_spec(m) for m in ("wandb", "mlflow"))
               else f"wandb or mlflow is not installed: {run_logging.INSTALL}")
 
 TWO_STUDENTS = ("students.alone.distill.method=supervised", "students.alone.distill.weights={}")
@@ -159,8 +160,8 @@ def test_an_unknown_tracker_is_refused_before_compute(tmp_path, log_with, messag
 
 
 def test_a_tracker_not_installed_is_refused_with_the_install_command(tmp_path, monkeypatch):
-    find_spec = run_logging.importlib.util.find_spec
-    monkeypatch.setattr(run_logging.importlib.util, "find_spec",
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "wandb" else find_spec(name, *a))
     recipe = apply_overrides(Recipe(), [f"run.dir={tmp_path}",
                                         "run.log_with=tensorboard,wandb"])
