@@ -16,7 +16,8 @@ from scalekd.recipe import Recipe, RecipeError
 
 FINISHED = "FINISHED"  # marker file in the run folder once the whole schedule is done
 STOPPED = "STOPPED"  # the record of a clean early stop (scalekd/engine/stopping.py)
-OUTPUTS = ("checkpoints", "export", "tb", "wandb", "metrics.json", FINISHED, STOPPED)  # what a run writes
+# what a run writes (wandb: W&B's files, run.log_with=...,wandb)
+OUTPUTS = ("checkpoints", "export", "tb", "wandb", "metrics.json", FINISHED, STOPPED)
 ASIDE = ".tmp-old-"  # outputs of a previous run being removed
 
 

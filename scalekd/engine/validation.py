@@ -3,10 +3,11 @@
 Each component owns the checks of its settings and says what it combines with: the student and
 the teacher provider (models), the methods (distill, through its registry), the sources, the
 loaders, the teacher cache and the mixed set (data, through the source registry), the probed
-teacher, the optimiser, the trackers (logging) and the engine's own run/checkpoint/ema/dist/eval settings (here). This
-module only looks the method and the source up, hands each component what it combines with,
-and keeps the order in which users read the problems. Tools add their own checks on top
-(scalekd.tools: `scalekd probe`, `scalekd cache-teacher`).
+teacher, the optimiser, the trackers (logging: run.log_with) and the engine's own
+run/checkpoint/ema/dist/eval settings (here). This module only looks the method and the source
+up, hands each component what it combines with, and keeps the order in which users read the
+problems. Tools add their own checks on top (scalekd.tools: `scalekd probe`, `scalekd
+cache-teacher`).
 """
 
 from __future__ import annotations
