@@ -40,7 +40,10 @@ class RunCfg:
     # torch's intra-op threads in the training process; 0: auto: OMP_NUM_THREADS if set (as
     # `accelerate launch` sets it), else torch's count (the cores) less data.workers, at least 1
     threads: int = 0
-    log_every: int = 10  # steps between TensorBoard scalar writes
+    log_every: int = 10  # steps between scalar writes
+    # where the scalars go: accelerate's trackers, comma-separated: tensorboard (in run.dir/tb),
+    # wandb, mlflow (the `track` extra; docs/tracking.md)
+    log_with: str = "tensorboard"
     max_steps: int = 0  # stop after this many optimiser steps (0: run all epochs); for smoke runs
     # end this job early, checkpointed, to be resumed by the next one (0: off): before this many
     # seconds of wall clock (a scheduler's time limit), or after this many steps (job chains)

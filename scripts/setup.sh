@@ -7,6 +7,8 @@
 #   SCALEKD_EXTRAS=ffcv,mix bash scripts/setup.sh   also diffusers for `scalekd mix`
 #   SCALEKD_EXTRAS=onnx bash scripts/setup.sh   also onnx, onnxscript and onnxruntime for
 #                                               `scalekd export --onnx`
+#   SCALEKD_EXTRAS=track bash scripts/setup.sh  also wandb and mlflow-skinny for
+#                                               run.log_with=wandb,mlflow
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -48,7 +50,8 @@ if [ -n "$missing" ]; then
 fi
 case ",$EXTRAS," in
   *,mix,*) pip_extras=$pip_extras,mix ;;&  # diffusers (pure Python) for `scalekd mix`
-  *,onnx,*) pip_extras=$pip_extras,onnx ;;  # onnx, onnxscript, onnxruntime: wheels
+  *,onnx,*) pip_extras=$pip_extras,onnx ;;&  # onnx, onnxscript, onnxruntime: wheels
+  *,track,*) pip_extras=$pip_extras,track ;;  # wandb, mlflow-skinny: wheels
 esac
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

@@ -142,6 +142,7 @@ BAD_VALUES = {  # field -> (bad values, overrides that put it in play)
     "run.max_steps": (["-1"], []), "run.time_budget_s": (["-1"], []),
     "run.steps_per_job": (["-1"], []), "run.on_nonfinite": (["ignore"], []),
     "run.max_skipped_steps": (["-1"], []), "run.threads": (["-1"], []),
+    "run.log_with": (["", "comet", "tensorboard,nope"], []),
     "data.source": (["webdataset"], []), "data.path": (["/nope"], ["data.source=imagefolder"]),
     "data.train_split": (["", "val"], []), "data.val_split": (["", "train"], []),
     "data.batch_size": (["0", "-16"], []), "data.grad_accum": (["0"], []),

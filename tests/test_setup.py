@@ -30,10 +30,9 @@ def stub(path: Path, body: str) -> None:
     path.chmod(0o755)
 
 
-def test_setup_installs_compiler_headers_and_venv_on_a_minimal_machine(tmp_path):
-    """A machine with bash and apt-get but no compiler, no Python headers, no venv module:
-    setup.sh asks apt-get for all of them (apt-get and python3 are stand-ins recording what
-    they are asked)."""
+def setup_calls(tmp_path: Path, **env: str) -> str:
+    """Run setup.sh on a machine with bash and apt-get but no compiler, no Python headers, no
+    venv module (apt-get and python3 are stand-ins recording what they are asked): the calls."""
     (tmp_path / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
     (tmp_path / "constraints.txt").write_text("")
@@ -46,13 +45,22 @@ def test_setup_installs_compiler_headers_and_venv_on_a_minimal_machine(tmp_path)
     venv_pip = f'mkdir -p "$3/bin"; printf "#!/bin/bash\\necho pip \\"\\$*\\" >> {calls}\\n" > "$3/bin/pip"; chmod +x "$3/bin/pip"'
     stub(bin_dir / "python3", f'if [ "$1" = -m ] && [ "$2" = venv ]; then {venv_pip}; '
                               'else exit 1; fi  # -c checks: no headers, no ensurepip')
-    env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "VENV": str(tmp_path / "venv")}
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "VENV": str(tmp_path / "venv"), **env}
     out = subprocess.run([str(bin_dir / "bash"), str(tmp_path / "scripts" / "setup.sh")],
                          capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
-    log = calls.read_text()
+    return calls.read_text()
+
+
+def test_setup_installs_compiler_headers_and_venv_on_a_minimal_machine(tmp_path):
+    log = setup_calls(tmp_path)
     assert "apt-get install -y -qq gcc g++ python3-dev python3-venv" in log, log
     assert "pip install -q -c constraints.txt -e .[dev]" in log, log
+
+
+def test_setup_installs_every_extra_asked_for(tmp_path):
+    log = setup_calls(tmp_path, SCALEKD_EXTRAS="mix,onnx,track")
+    assert "pip install -q -c constraints.txt -e .[dev,mix,onnx,track]" in log, log
 
 
 SKIPPING = '''

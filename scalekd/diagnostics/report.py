@@ -1,8 +1,9 @@
 """`scalekd report`: a run's (or several runs') TensorBoard scalars and final metrics as PNGs.
 
 Every student of a run is a curve of its own (the students of a multi-student run log under
-`<name>/`), labelled `run` or `run:student`, so student alone vs KD vs ScaleKD, in one run or in
-several, share each panel.
+`<name>/`: read_scalars gives a student's own TensorBoard folder, tb/NAME, as tags `NAME/...`, as
+runs of the earlier layout wrote them into tb/), labelled `run` or `run:student`, so student
+alone vs KD vs ScaleKD, in one run or in several, share each panel.
 """
 
 from __future__ import annotations

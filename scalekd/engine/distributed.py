@@ -10,6 +10,7 @@ from accelerate import Accelerator, DeepSpeedPlugin
 from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import InitProcessGroupKwargs
 
+from scalekd.engine.logging import run_trackers
 from scalekd.models.teacher import FrozenTeacher
 from scalekd.recipe import (Recipe, grad_accum_steps, launcher_precision, per_process_batch,
                             resolved_precision, resolved_zero_stage)
@@ -61,6 +62,7 @@ def build_accelerator(recipe: Recipe, load_universal: bool = False) -> Accelerat
         gradient_accumulation_steps=grad_accum_steps(recipe, launched_world_size()),
         deepspeed_plugin=plugin,
         kwargs_handlers=handlers,
+        log_with=run_trackers(recipe),  # run.log_with, one run per student
     )
 
 

@@ -16,7 +16,8 @@ from scalekd.recipe import Recipe, RecipeError
 
 FINISHED = "FINISHED"  # marker file in the run folder once the whole schedule is done
 STOPPED = "STOPPED"  # the record of a clean early stop (scalekd/engine/stopping.py)
-OUTPUTS = ("checkpoints", "export", "tb", "metrics.json", FINISHED, STOPPED)  # what a run writes
+# what a run writes (wandb: W&B's files, run.log_with=...,wandb)
+OUTPUTS = ("checkpoints", "export", "tb", "wandb", "metrics.json", FINISHED, STOPPED)
 ASIDE = ".tmp-old-"  # outputs of a previous run being removed
 
 
@@ -42,7 +43,7 @@ def check_fresh_start(recipe: Recipe) -> None:
             f"({', '.join(found[:4])}{', ...' if len(found) > 4 else ''}); a fresh start there "
             "would mix the two runs. Choose another run.dir, resume it with "
             "checkpoint.resume=auto, or pass checkpoint.resume=overwrite to delete its "
-            "checkpoints, export, TensorBoard logs and FINISHED first"])
+            "checkpoints, export, TensorBoard and W&B logs and FINISHED first"])
 
 
 def clear(run_dir: Path) -> None:

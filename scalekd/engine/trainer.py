@@ -211,7 +211,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     if recipe.run.max_steps:
         total_steps = min(total_steps, recipe.run.max_steps)
 
-    log = RunLog(run_dir / "tb", total_steps, step, main)
+    log = RunLog(run_dir / "tb", total_steps, step, main, accelerator, list(specs))
     log.print(precision_note(recipe))
     if threads_note:
         log.print(threads_note)

@@ -3,10 +3,11 @@
 Each component owns the checks of its settings and says what it combines with: the student and
 the teacher provider (models), the methods (distill, through its registry), the sources, the
 loaders, the teacher cache and the mixed set (data, through the source registry), the probed
-teacher, the optimiser and the engine's own run/checkpoint/ema/dist/eval settings (here). This
-module only looks the method and the source up, hands each component what it combines with,
-and keeps the order in which users read the problems. Tools add their own checks on top
-(scalekd.tools: `scalekd probe`, `scalekd cache-teacher`).
+teacher, the optimiser, the trackers (logging: run.log_with) and the engine's own
+run/checkpoint/ema/dist/eval settings (here). This module only looks the method and the source
+up, hands each component what it combines with, and keeps the order in which users read the
+problems. Tools add their own checks on top (scalekd.tools: `scalekd probe`, `scalekd
+cache-teacher`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from scalekd.data.teacher_cache import cache_problems
 from scalekd.distill import DISTILLERS
 from scalekd.distill.base import (distill_setting_problems, distill_value_problems,
                                   logit_methods, unknown_method)
+from scalekd.engine.logging import tracker_problems
 from scalekd.engine.optimisation import (optim_range_problems, optim_value_problems,
                                          optimisation_problems, zero_optimiser_problems)
 from scalekd.models import data_config
@@ -72,6 +74,7 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
     problems += _engine_setting_problems(r)
     problems += data_setting_problems(r)
     problems += _run_control_problems(r)
+    problems += tracker_problems(r.run)
 
     problems += _engine_value_problems(r)
     problems += student_value_problems(r.student)
@@ -144,7 +147,7 @@ def _engine_value_problems(r: Recipe) -> list[str]:
          "non-empty, and run.dir may hold only the placeholder {name}"),
         (0 <= r.run.seed < 2**32, f"run.seed={r.run.seed} must be in [0, 2**32)"),
         (r.run.log_every >= 1, f"run.log_every={r.run.log_every} must be >= 1 (steps between "
-         "TensorBoard writes)"),
+         "scalar writes)"),
         (r.run.max_steps >= 0, f"run.max_steps={r.run.max_steps} must be >= 0 (0: all epochs)"),
         (r.checkpoint.every_steps >= 0, f"checkpoint.every_steps={r.checkpoint.every_steps} "
          "must be >= 0 (0: only at epoch ends)"),

@@ -20,6 +20,34 @@ def test_each_student_is_a_series_of_its_own(trained_tiny_run):
     assert "loss/kd" in series[f"{run}:kd"] and "loss/kd" not in series[f"{run}:alone"]
 
 
+def single_writer_copy(run_dir: Path, out: Path) -> Path:
+    """The run as scalekd wrote runs before each student had a writer of its own: every tag in
+    one events file under tb/, a student's prefixed by `NAME/`."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    shutil.copytree(run_dir, out, ignore=shutil.ignore_patterns("tb"))
+    writer = SummaryWriter(str(out / "tb"))
+    for tag, values in read_scalars(run_dir).items():
+        for step, value in values.items():
+            writer.add_scalar(tag, value, step)
+    writer.close()
+    return out
+
+
+def test_report_reads_both_layouts_alike(trained_tiny_run, tmp_path):
+    """A run of today (a folder per extra student) and one of the old layout (one writer,
+    prefixed tags) give the same series, and `scalekd report` draws both."""
+    assert (trained_tiny_run / "tb" / "alone").is_dir()  # today's layout
+    old = single_writer_copy(trained_tiny_run, tmp_path / "kd_run")
+    assert [p.name for p in (old / "tb").iterdir()] == [
+        p.name for p in (old / "tb").glob("events.out.tfevents.*")]  # one folder, no subfolders
+    assert {t for t in read_scalars(old) if t.startswith("alone/")} >= {"alone/loss/total"}
+    assert student_series(old, read_scalars(old)) == student_series(
+        trained_tiny_run, read_scalars(trained_tiny_run))
+    main(["report", str(old), "--out", str(tmp_path / "png")])
+    assert_sane_png(tmp_path / "png" / "training.png")
+
+
 def test_final_top1_from_the_runs_metrics(trained_tiny_run):
     metrics = json.loads((trained_tiny_run / "metrics.json").read_text())
     run = trained_tiny_run.name

@@ -11,7 +11,7 @@ def test_tensorboard_on_a_full_disk_stops_logging_and_says_so(tmp_path, monkeypa
     def full(*args, **kwargs):  # what SummaryWriter raises once its writer thread hit ENOSPC
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(log.writer, "add_scalar", full)
+    monkeypatch.setattr(log.runs[""][0].writer, "add_scalar", full)
     log.scalars(1, {"loss": 1.0})
     log.scalars(2, {"loss": 0.5})
     log.close()

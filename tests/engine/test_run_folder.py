@@ -36,6 +36,7 @@ def test_a_killed_clear_is_finished_by_the_next(tmp_path):
     (tmp_path / "checkpoints" / "step_000000004").mkdir(parents=True)
     (tmp_path / ".tmp-old-export").mkdir()  # a clear killed after renaming, before deleting
     (tmp_path / FINISHED).write_text("4\n")
+    (tmp_path / "wandb" / "offline-run-1").mkdir(parents=True)  # run.log_with=...,wandb
     (tmp_path / "notes.txt").write_text("the user's")
     clear(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
