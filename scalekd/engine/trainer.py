@@ -77,6 +77,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     specs = student_recipes(recipe)
     teacher = build_teacher(recipe, specs.values(), data.num_classes, accelerator.device)
     students = Students.build(specs, data, teacher.feature_shapes, accelerator)
+    # resume: accelerate's state (the students, optimisers, RNG), the EMAs, the schedules
     checkpoints.remove_partial(accelerator)
     if universal:
         resume_from = Checkpoints.universal(accelerator, resume_from)
