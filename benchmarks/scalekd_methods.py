@@ -109,7 +109,7 @@ def prepare_teacher(kind: str, root: str, epochs: int, patch: int) -> Recipe:
 def step_memory(recipe: Recipe, teacher, teacher_shapes: dict, images: torch.Tensor,
                 targets: torch.Tensor) -> dict:
     """Bytes of one training step of `recipe`'s student: trained state and saved activations."""
-    from scalekd.engine.trainer import build_student
+    from scalekd.engine.students import build_student
 
     model, *_ = build_student(recipe, 10, 1, teacher_shapes)
     model.train()

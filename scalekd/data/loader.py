@@ -45,6 +45,15 @@ class SeededTransform(Dataset):
 
 
 @dataclass
+class Batch:
+    """A micro-batch on the training device, as the teacher and every student see it."""
+
+    images: torch.Tensor
+    targets: torch.Tensor  # labels (-1: unlabelled), or soft targets after Mixup/CutMix
+    soft: Optional[torch.Tensor] = None  # teacher.mode=cached: the stored teacher's (B, C)
+
+
+@dataclass
 class TrainData:
     # (images, targets) batches; teacher.mode=cached: (images, targets, teacher soft labels)
     loader: Iterable[tuple[torch.Tensor, ...]]
@@ -60,6 +69,16 @@ class TrainData:
         """The loader for `epoch`, skipping the micro-batches of `start_step` steps (resume)."""
         self.batches.set_position(epoch, start_step * self.grad_accum)
         return self.loader
+
+    def on_device(self, batch: tuple[torch.Tensor, ...], device: torch.device) -> Batch:
+        """A loader's batch on `device`, with the one Mixup/CutMix draw that teacher and
+        students share (the cached teacher's soft labels mixed likewise)."""
+        images, targets, *soft = batch
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if self.mixup is not None:
+            images, targets, *soft = self.mixup(images, targets, *soft)
+        return Batch(images, targets, *soft)
 
 
 def batch_problems(recipe: Recipe, world_size: int) -> list[str]:

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.loss import BinaryCrossEntropy, SoftTargetCrossEntropy
 
-from scalekd.models.teacher import TeacherOutput
+from scalekd.models.teacher import TeacherNeeds, TeacherOutput
 from scalekd.recipe import Recipe, coerce
 
 DISTILLERS: dict[str, type["Distiller"]] = {}
@@ -74,6 +74,12 @@ class Distiller(nn.Module):
         self.weights = {**self.loss_terms, **recipe.distill.weights}
         self.temperature = recipe.distill.temperature  # of the softened terms (DIST's tau)
         self.options = self.Options(**self.given_options(recipe)) if self.Options else None
+
+    @classmethod
+    def teacher_needs(cls, recipe: Recipe) -> Optional[TeacherNeeds]:
+        """What the method reads from the teacher, which the engine's teacher provides (None:
+        no teacher). Default: the logits, and the feature maps for methods on features."""
+        return TeacherNeeds(features=cls.needs_features) if cls.needs_teacher else None
 
     def forward(self, student_logits: torch.Tensor, teacher: Optional[TeacherOutput],
                 targets: torch.Tensor) -> dict[str, torch.Tensor]:

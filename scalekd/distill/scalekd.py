@@ -22,6 +22,7 @@ from scalekd.distill.cap import CAP_NORMS, CrossAttentionProjector, cap_norm
 from scalekd.distill.dfm import FrequencyMimicLoss, spatial_mimic_loss
 from scalekd.distill.kd import kd_loss
 from scalekd.models.taps import map_to_tokens, tokens_to_map
+from scalekd.models.teacher import TeacherNeeds
 from scalekd.recipe import Recipe
 
 # the authors' CAP heads at (stage 3, stage 4) by student family with the Swin-L teacher (their
@@ -78,6 +79,12 @@ class ScaleKD(Distiller):
             # under TPP the stage-4 queries come from the proxy path: no learned table
             self.caps[f"{view}_s4"] = cap(s4_c, s4_grid, final_c, self.final_grid, heads[1],
                                           not self.tpp)
+
+    @classmethod
+    def teacher_needs(cls, recipe: Recipe) -> TeacherNeeds:
+        """The final and split maps, and with distill.tpp the proxy path between them."""
+        return TeacherNeeds(features=True, proxy=recipe.distill.tpp,
+                            proxy_blocks=recipe.distill.tpp_blocks)
 
     @classmethod
     def recipe_problems(cls, recipe: Recipe) -> list[str]:

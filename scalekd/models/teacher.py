@@ -8,7 +8,7 @@ the teacher's mean/std and resized to the teacher's resolution.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -30,6 +30,28 @@ class TeacherOutput:
     # proxy path starts), float32 NCHW maps
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     proxy: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # TPP: split map -> final
+
+
+@dataclass(frozen=True)
+class TeacherNeeds:
+    """What a distiller reads from the teacher beside its logits (`Distiller.teacher_needs`)."""
+
+    features: bool = False  # TeacherOutput.features: the "final" and "split" maps
+    proxy: bool = False  # TeacherOutput.proxy: the teacher's own stages from split to final
+    proxy_blocks: int = 0  # where the split is: the last N blocks (0: last stage or quarter)
+
+
+def combined_needs(needs: Iterable[Optional[TeacherNeeds]]) -> Optional[TeacherNeeds]:
+    """One teacher pass for several students' needs (None: a student without a teacher); None
+    when no student needs the teacher. Students that read features share one split point
+    (their proxy_blocks agree: the validation's check of recipe.students)."""
+    wanted = [n for n in needs if n is not None]
+    if not wanted:
+        return None
+    tapped = [n for n in wanted if n.features]
+    if not tapped:
+        return TeacherNeeds()
+    return TeacherNeeds(True, any(n.proxy for n in tapped), tapped[0].proxy_blocks)
 
 
 # the smallest normal float32: a class with no mass gets a finite log-probability, so that KL

@@ -5,7 +5,7 @@ teacher cannot leave eval mode; the ablation switches build what they say."""
 import pytest
 import torch
 
-from scalekd.engine.trainer import build_student
+from scalekd.engine.students import build_student
 from scalekd.models.teacher import FrozenTeacher
 from scalekd.recipe import Recipe, apply_overrides
 

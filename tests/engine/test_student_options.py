@@ -5,7 +5,7 @@ are refused before compute."""
 import pytest
 import torch
 
-from scalekd.engine.trainer import build_student
+from scalekd.engine.students import build_student
 from scalekd.models.teacher import TeacherOutput
 from scalekd.engine.validation import validate
 from scalekd.recipe import Recipe, RecipeError, apply_overrides

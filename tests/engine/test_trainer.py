@@ -129,7 +129,7 @@ def test_zero_epochs_between_evaluations_and_checkpoints_means_only_at_the_end(t
 ])
 def test_run_threads_set_torch_threads_for_the_run_only(tmp_path, tiny_run, monkeypatch,
                                                         overrides, omp_env, inside):
-    from scalekd.engine.trainer import DistillationModel
+    from scalekd.engine.students import DistillationModel
 
     seen, forward = [], DistillationModel.forward
 

@@ -1,5 +1,5 @@
 """A scalekd training run as a test sees it: `python distributed_run.py OVERRIDES...`, alone or
-under `accelerate launch`. Before training it patches two seams of the trainer to record, per
+under `accelerate launch`. Before training it patches two seams of the engine to record, per
 process, how many parameter elements the student engine and the teacher engine hold locally
 (`ds_tensor`, the ZeRO-3 shard) against the full count (`ds_numel`), in
 RUN_DIR/sharding/rank{R}.json; and it records every torch.load call (file, weights_only) in
@@ -17,6 +17,7 @@ import sys
 import torch
 import torch.nn as nn
 
+import scalekd.engine.teachers as teachers
 import scalekd.engine.trainer as trainer
 from scalekd.cli import run_recipe
 from scalekd.recipe import Recipe
@@ -38,7 +39,7 @@ def param_counts(module: nn.Module) -> dict:
 
 def main(argv: list[str]) -> None:
     record: dict = {}
-    build_accelerator, shard_teacher = trainer.build_accelerator, trainer.shard_teacher
+    build_accelerator, shard_teacher = trainer.build_accelerator, teachers.shard_teacher
 
     def recording_build_accelerator(recipe, **kwargs):
         accelerator = build_accelerator(recipe, **kwargs)
@@ -74,7 +75,7 @@ def main(argv: list[str]) -> None:
     if os.environ.get("SCALEKD_TEST_NONFINITE"):
         inject_nonfinite(*os.environ["SCALEKD_TEST_NONFINITE"].split(":"))
     trainer.build_accelerator = recording_build_accelerator
-    trainer.shard_teacher = recording_shard_teacher
+    teachers.shard_teacher = recording_shard_teacher
     torch.load = recording_load
     result = run_recipe(Recipe(), argv, exit_when_stopped=False)  # records a stopped run too
     folder = result.run_dir / "loads"

@@ -4,7 +4,7 @@ processes (each reading its own samples' entries) with the losses of one."""
 import pytest
 import torch
 
-import scalekd.engine.trainer as trainer
+import scalekd.engine.teachers as teachers
 from helpers.caches import cached
 from helpers.runs import exported, launch_command, run, scalars, train_in_process
 
@@ -27,7 +27,7 @@ def test_a_cached_run_trains_without_a_teacher(tiny_cache, tmp_path, monkeypatch
     def no_teacher(*args, **kwargs):
         raise AssertionError("teacher.mode=cached built the teacher")
 
-    monkeypatch.setattr(trainer, "create_teacher", no_teacher)
+    monkeypatch.setattr(teachers, "recipe_teacher", no_teacher)
     result = train_in_process(cached_run(tiny_cache, tmp_path / "run", "run.max_steps=2",
                                          "distill.method=dkd", "distill.weights={}"))
     assert result.steps == 2 and result.finished
