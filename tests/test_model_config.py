@@ -58,6 +58,18 @@ def test_evaluation_interpolation_is_the_students_unless_the_recipe_sets_one(hub
     assert eval_interpolation("nearest", hub_student[1]) == "nearest"
 
 
+def test_the_teachers_resolution_is_its_own_unless_the_recipe_sets_one(tmp_path):
+    from scalekd.models.teacher import teacher_input_size
+    from scalekd.recipe import TeacherCfg
+
+    write_timm_folder(tmp_path / "vit", 40, (0.5,) * 3, (0.5,) * 3)
+    vit = TeacherCfg(name=f"local-dir:{tmp_path / 'vit'}")
+    assert teacher_input_size(vit, student_size=48) == 40  # fixed: its own
+    assert teacher_input_size(TeacherCfg(name=vit.name, input_size=32), 48) == 32
+    assert teacher_input_size(TeacherCfg(name=vit.name, kwargs={"img_size": 24}), 48) == 24
+    assert teacher_input_size(TeacherCfg(name="resnet18"), 48) == 48  # a CNN: the student's
+
+
 def test_the_students_resolution_and_an_unreadable_hub_name_are_checked_first(hub_student,
                                                                               monkeypatch):
     cache, name = hub_student
