@@ -5,8 +5,8 @@ Stable-Diffusion image mixing:
   1. probe: an MLP head trained on the frozen teacher's features (class tokens of its last 4
      blocks + the mean of the last block's patch tokens, the paper's DomainNet setting), lr
      grid-searched on 10% of the training images; written to `teacher.probe` (skipped when that
-     folder already holds a probe; `python recipes/probed_kd.py --probe-only ARGS` probes only, on one
-     process, before an `accelerate launch` of several);
+     folder already holds a probe; `python recipes/probed_kd.py --probe-only ARGS` probes only,
+     on one process, before an `accelerate launch` of several);
   2. distil: the student learns from the labels and from encoder + head (vanilla KD), both fed
      the same augmented image.
 

@@ -146,7 +146,7 @@ PAIRS: dict[str, list[str]] = {
 
 def recipe(pair: str = "swinl_r50") -> Recipe:
     if pair not in PAIRS:
-        raise SystemExit(f"scalekd: unknown pair={pair!r}; choose one of {', '.join(PAIRS)}")
+        raise SystemExit(f"scalekd: unknown --pair {pair!r}; choose one of {', '.join(PAIRS)}")
     # Swin-L -> ResNet-50-D, advanced strategy: the base every pair overrides
     base = Recipe(
         run=RunCfg(name=f"scalekd_{pair}", epochs=300, precision="bf16"),

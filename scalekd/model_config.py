@@ -21,9 +21,9 @@ _RESOLVED: dict[tuple[str, str], dict] = {}
 def data_config(name: str, kwargs: Optional[dict[str, Any]] = None) -> dict:
     """timm's data config of model `name` built with `kwargs` (timm.create_model's): keys
     input_size (C, H, W), interpolation, mean, std, crop_pct, crop_mode, and fixed_input_size
-    (the model takes only that resolution: ViT, Swin, Mixer without dynamic_img_size). An int
-    `img_size` (an int, or (H, W)) in kwargs is the model's resolution (timm leaves the pretrained_cfg's as it
-    was). Raises what timm raises for a name it cannot resolve (unknown, a hub repo neither
+    (the model takes only that resolution: ViT, Swin, Mixer without dynamic_img_size). An
+    `img_size` in kwargs (an int, or (H, W)) is the model's resolution (timm leaves the
+    pretrained_cfg's as it was). Raises what timm raises for a name it cannot resolve (unknown, a hub repo neither
     reachable nor cached)."""
     kwargs = dict(kwargs or {})
     key = (name, repr(sorted(kwargs.items())))

@@ -13,7 +13,6 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from timm.data import resolve_model_data_config
 
 from scalekd.model_config import data_config

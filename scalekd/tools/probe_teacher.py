@@ -167,7 +167,8 @@ def feature_teacher(recipe: Recipe) -> FrozenTeacher:
         raise RecipeError([f"probe.blocks={recipe.probe.blocks}: teacher {t.name!r} has "
                            f"{depth} blocks"])
     model = ProbedModel(encoder, nn.Identity(), recipe.probe.blocks, recipe.probe.patch_mean)
-    norm = data_config(recipe.student.name, recipe.student.kwargs)  # the pixels distillation hands the teacher
+    # the pixels distillation hands the teacher
+    norm = data_config(recipe.student.name, recipe.student.kwargs)
     return freeze_teacher(model, t, norm["mean"], norm["std"], recipe.data.input_size)
 
 
