@@ -5,8 +5,8 @@ Stable-Diffusion image mixing:
   1. probe: an MLP head trained on the frozen teacher's features (class tokens of its last 4
      blocks + the mean of the last block's patch tokens, the paper's DomainNet setting), lr
      grid-searched on 10% of the training images; written to `teacher.probe` (skipped when that
-     folder already holds a probe; `python recipes/probed_kd.py probe ARGS` probes only, on one
-     process, before an `accelerate launch` of several);
+     folder already holds a probe; `python recipes/probed_kd.py --probe-only ARGS` probes only,
+     on one process, before an `accelerate launch` of several);
   2. distil: the student learns from the labels and from encoder + head (vanilla KD), both fed
      the same augmented image.
 
@@ -27,7 +27,7 @@ For fine-grained tasks the paper takes 3 class tokens and no patch mean:
 
 import sys
 
-from scalekd.cli import run_probe_first, run_recipe
+from scalekd.cli import recipe_parser, run_probe_first, run_recipe
 from scalekd.recipe import (AugCfg, DataCfg, DistillCfg, OptimCfg, ProbeCfg, Recipe, RunCfg,
                             StudentCfg, TeacherCfg, apply_overrides)
 # the probe of `recipe()`, for the benchmarks and tests
@@ -53,11 +53,13 @@ def recipe() -> Recipe:
 
 
 def main(argv: list[str]) -> None:
-    """`probe` as the first argument: only the probe (one process)."""
-    probe_only = argv[:1] == ["probe"]
-    distilled = apply_overrides(recipe(), argv[probe_only:])
-    run_probe_first(distilled, "python recipes/probed_kd.py probe ARGS")
-    if not probe_only:
+    parser = recipe_parser(__doc__)
+    parser.add_argument("--probe-only", action="store_true",
+                        help="only the probe (one process), before a multi-process launch")
+    args = parser.parse_intermixed_args(argv)
+    distilled = apply_overrides(recipe(), args.overrides)
+    run_probe_first(distilled, "python recipes/probed_kd.py --probe-only ARGS")
+    if not args.probe_only:
         run_recipe(distilled, [])
 
 

@@ -19,7 +19,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from scalekd.cli import run_recipe
+from scalekd.cli import recipe_parser, run_recipe
 from scalekd.diagnostics.report import plot_report
 from scalekd.recipe import (AugCfg, CheckpointCfg, DataCfg, DistillCfg, EvalCfg, OptimCfg,
                             Recipe, RunCfg, StudentCfg, TeacherCfg, apply_overrides)
@@ -73,7 +73,7 @@ def teacher_recipe(kd: Recipe) -> Recipe:
 
 
 def main(argv: list[str]) -> None:
-    kd = apply_overrides(recipe(), argv)
+    kd = apply_overrides(recipe(), recipe_parser(__doc__).parse_intermixed_args(argv).overrides)
     teacher_file = Path(kd.teacher.checkpoint)
     if teacher_file.is_file():
         print(f"reusing the teacher in {teacher_file}")

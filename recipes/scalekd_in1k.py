@@ -1,9 +1,9 @@
 """ImageNet-1k, ScaleKD (Fan et al. 2024): the paper's main teacher/student pairs.
 
     accelerate launch --config_file launchers/multi_gpu.yaml recipes/scalekd_in1k.py \\
-        pair=swinl_r50 data.path=/data/imagenet
+        --pair swinl_r50 data.path=/data/imagenet
 
-`pair=NAME` (first argument) picks a pair, default swinl_r50; every other argument is a
+`--pair NAME` picks a pair, default swinl_r50; every other argument is a
 `section.field=value` override. Pairs, with the paper's top-1 (ImageNet-1k, 300 epochs unless
 noted):
 
@@ -50,20 +50,21 @@ heads). DINOv2's weights have no ImageNet head: the pair dinov2g_r50 is a probed
 encoder's features first, into teacher.probe=runs/dinov2g_probe, then encoder + head teach (KD
 from the head's logits, CAP/DFM/TPP on the encoder's final patch tokens and last blocks). Run
 on one process, the recipe probes when that folder holds no probe yet, then distils; before a
-multi-process launch, probe on one process with `probe` as the first argument:
+multi-process launch, probe on one process with `--probe-only`:
 
-    python recipes/scalekd_in1k.py probe pair=dinov2g_r50 data.path=/data/imagenet
+    python recipes/scalekd_in1k.py --probe-only --pair dinov2g_r50 data.path=/data/imagenet
     accelerate launch --config_file launchers/multi_gpu.yaml recipes/scalekd_in1k.py \\
-        pair=dinov2g_r50 data.path=/data/imagenet
+        --pair dinov2g_r50 data.path=/data/imagenet
 
 The probe caches its features: 1,281,167 images x 7,680 fp32 (4 class tokens + patch mean of
 width 1,536) = 39 GB in run.dir/features, and in memory while the head trains;
 `probe.blocks=1` (3,072 wide) takes 16 GB.
 """
 
+import argparse
 import sys
 
-from scalekd.cli import run_probe_first, run_recipe
+from scalekd.cli import recipe_parser, run_probe_first, run_recipe
 from scalekd.recipe import (AugCfg, DataCfg, DistillCfg, EmaCfg, OptimCfg, Recipe, RunCfg,
                             StudentCfg, TeacherCfg, apply_overrides)
 
@@ -145,7 +146,7 @@ PAIRS: dict[str, list[str]] = {
 
 def recipe(pair: str = "swinl_r50") -> Recipe:
     if pair not in PAIRS:
-        raise SystemExit(f"scalekd: unknown pair={pair!r}; choose one of {', '.join(PAIRS)}")
+        raise SystemExit(f"scalekd: unknown --pair {pair!r}; choose one of {', '.join(PAIRS)}")
     # Swin-L -> ResNet-50-D, advanced strategy: the base every pair overrides
     base = Recipe(
         run=RunCfg(name=f"scalekd_{pair}", epochs=300, precision="bf16"),
@@ -167,20 +168,28 @@ def recipe(pair: str = "swinl_r50") -> Recipe:
     return apply_overrides(base, [*PAIRS[pair], f"run.name=scalekd_{pair}"])
 
 
-def split_pair(argv: list[str]) -> tuple[str, list[str]]:
-    pairs = [a.split("=", 1)[1] for a in argv if a.startswith("pair=")]
-    return (pairs[-1] if pairs else "swinl_r50"), [a for a in argv if not a.startswith("pair=")]
+def command_line(argv: list[str]) -> argparse.Namespace:
+    """--pair, --probe-only and the overrides; --help prints this file's docstring and them."""
+    parser = recipe_parser(__doc__)
+    parser.add_argument("--pair", choices=list(PAIRS), default="swinl_r50",
+                        help="the teacher -> student pair (the table above)")
+    parser.add_argument("--probe-only", action="store_true",
+                        help="only probe the teacher of a probed pair (dinov2g_r50), on one "
+                             "process, before a multi-process launch")
+    args = parser.parse_intermixed_args(argv)
+    if any(o.startswith("pair=") for o in args.overrides):
+        parser.error("pair=NAME is not a recipe field: pick the pair with --pair NAME")
+    return args
 
 
 def main(argv: list[str]):
-    """`probe` as the first argument: only the probe of a probed teacher (one process).
-    Returns the training's result (None when only probing)."""
-    probe_only = argv[:1] == ["probe"]
-    pair, overrides = split_pair(argv[probe_only:])
-    distilled = apply_overrides(recipe(pair), overrides)
+    """Returns the training's result (None with --probe-only)."""
+    args = command_line(argv)
+    distilled = apply_overrides(recipe(args.pair), args.overrides)
     if distilled.teacher.probe:
-        run_probe_first(distilled, f"python recipes/scalekd_in1k.py probe pair={pair} ARGS")
-    return None if probe_only else run_recipe(distilled, [])
+        run_probe_first(distilled, f"python recipes/scalekd_in1k.py --probe-only --pair "
+                                   f"{args.pair} ARGS")
+    return None if args.probe_only else run_recipe(distilled, [])
 
 
 if __name__ == "__main__":

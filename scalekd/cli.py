@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import runpy
 import sys
 from pathlib import Path
@@ -14,7 +16,8 @@ from scalekd.recipe import Recipe, RecipeError, apply_overrides
 
 def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None, *,
                exit_when_stopped: bool = True):
-    """Apply command-line overrides to `recipe` and train; a bad recipe exits with its
+    """Apply overrides to `recipe` and train: `argv`, else the command line's (where `--help`
+    prints the recipe file's docstring and how to override); a bad recipe exits with its
     problems listed (status 2) before anything is built, a run folder that cannot be written
     or resumed from (disk full, damaged checkpoints) with what is intact and what to do (1), a
     diverged run with status 3. A stop request (a signal, the time budget, run.steps_per_job)
@@ -26,7 +29,9 @@ def run_recipe(recipe: Recipe, argv: Optional[list[str]] = None, *,
     from scalekd.engine.trainer import train
 
     try:
-        result = train(apply_overrides(recipe, sys.argv[1:] if argv is None else argv))
+        if argv is None:
+            argv = recipe_parser().parse_intermixed_args(sys.argv[1:]).overrides
+        result = train(apply_overrides(recipe, argv))
     except RecipeError as err:
         print(f"scalekd: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -77,197 +82,290 @@ def run_probe_first(distilled: Recipe, probe_command: str) -> None:
         run_probe(probe_recipe(distilled), [])
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="scalekd", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="run a recipe file with dotted-key overrides")
-    train.add_argument("recipe", help="a recipe file, e.g. recipes/in1k_a1.py")
-    train.add_argument("overrides", nargs="*", help="section.field=value")
+# ---------------------------------------------------------------------------------------------
+# the command line: a setting of a run is a `section.field=value` override (any Recipe field, the
+# same for every command and every recipe file); a `--flag` is what is not one (where to write,
+# which weights to read, a tool's own knobs)
 
-    evaluate = commands.add_parser(
-        "eval", help="evaluate a run's student (and teacher): top-1/5, per class, agreement")
-    evaluate.add_argument("run", type=Path, help="the run folder (run.dir)")
-    evaluate.add_argument("overrides", nargs="*",
-                          help="recipe overrides, e.g. data.path=/data/imagenet data.val_split=v2")
-    evaluate.add_argument("--weights", type=Path,
-                          help="an exported student .safetensors (default: the run's export, "
-                          "else its latest checkpoint)")
-    evaluate.add_argument("--student", default="", help="which student of a multi-student run")
-    evaluate.add_argument("--ema", action="store_true", help="the student's EMA weights")
-    evaluate.add_argument("--teacher", action="store_true",
-                          help="evaluate the teacher too, and teacher-student agreement")
-    evaluate.add_argument("--labels", type=Path, nargs="*", default=[],
-                          help="re-labelled sets (ImageNet-ReaL real.json, or JSON/CSV of file "
-                          "name -> labels)")
-    evaluate.add_argument("--out", type=Path, help="JSON file (default: RUN/eval.json)")
 
-    export = commands.add_parser(
-        "export", help="(re)write a run's export/ (safetensors, timm folder; --onnx: ONNX)",
-        description="Rewrite RUN/export/<student>/: student.safetensors and .json, and "
-                    "student_timm/ (timm's save_for_hf folder: timm.create_model('local-dir:"
-                    "FOLDER', pretrained=True)), from the run's export, else its latest "
-                    "complete checkpoint; --onnx adds student.onnx (dynamic batch), checked "
-                    "with onnxruntime against PyTorch on evaluation images.")
-    export.add_argument("run", type=Path, help="the run folder (run.dir)")
-    export.add_argument("overrides", nargs="*", help="recipe overrides, as for eval")
-    export.add_argument("--onnx", action="store_true", help="also write student.onnx")
-    export.add_argument("--student", default="", help="which student of a multi-student run")
-    export.add_argument("--ema", action="store_true", help="the student's EMA weights")
+class HelpFormatter(argparse.HelpFormatter):
+    """After each option's help its default, where it has one to show (a default that is None
+    or empty is said in words in the help)."""
 
-    push = commands.add_parser(
-        "push", help="upload a run's exported student to the Hugging Face Hub (timm's "
-        "push_to_hf_hub)",
-        description="Upload RUN/export/<student>/student_timm/ to the Hub repo REPO_ID with "
-                    "timm's push_to_hf_hub (created if missing; the only network use of an "
-                    "export); then anyone loads it with timm.create_model('hf-hub:REPO_ID', "
-                    "pretrained=True).")
-    push.add_argument("run", type=Path, help="the run folder (run.dir)")
-    push.add_argument("repo_id", help="e.g. your-name/resnet18-scalekd")
-    push.add_argument("--student", default="", help="which student of a multi-student run")
-    push.add_argument("--ema", action="store_true", help="the student's EMA weights")
-    push.add_argument("--private", action="store_true", help="create the repo private")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        shown = action.default not in (None, "", [], argparse.SUPPRESS)
+        return (action.help or "") + (" (default: %(default)s)" if shown else "")
 
-    report = commands.add_parser("report", help="PNG figures of one or several runs' logs")
-    report.add_argument("runs", type=Path, nargs="+", help="run folders, compared on each figure")
-    report.add_argument("--out", type=Path, help="folder for the PNGs (default: RUN/report)")
-    report.add_argument("--x", choices=["epoch", "step"], default="epoch",
+
+class RecipeHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """A recipe file's help: its docstring as written, then its options with their defaults."""
+
+
+OVERRIDES_HELP = ("recipe overrides, any field of scalekd.recipe.Recipe: "
+                  + ", ".join(f"{section.name}.*" for section in dataclasses.fields(Recipe))
+                  + " (e.g. data.path=/data/imagenet optim.lr=3e-3)")
+
+
+def add_overrides(parser: argparse.ArgumentParser, text: str = OVERRIDES_HELP) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="section.field=value", help=text)
+
+
+def recipe_parser(description: Optional[str] = None) -> argparse.ArgumentParser:
+    """The command line of a recipe file: the overrides, and the file's own `--flags` (the
+    caller adds them; parse with parse_intermixed_args). `--help` prints `description`
+    (default: the running file's docstring) and every flag with its choices and default."""
+    if description is None:
+        description = getattr(sys.modules.get("__main__"), "__doc__", None)
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=RecipeHelpFormatter)
+    add_overrides(parser)
+    return parser
+
+
+def _recipe_option(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--recipe", type=Path,
+                        help=f"a recipe file whose recipe() the overrides apply to ({text}; "
+                             "default: the library's defaults, scalekd.recipe.Recipe())")
+
+
+def _base_recipe(args: argparse.Namespace) -> Recipe:
+    """--recipe's recipe() with the command's overrides (a RecipeError if one does not fit)."""
+    base = runpy.run_path(str(args.recipe))["recipe"]() if args.recipe else Recipe()
+    return apply_overrides(base, args.overrides)
+
+
+def _options(parser: argparse.ArgumentParser, options: tuple) -> None:
+    """(flag, type, default, help) rows: a tool's own knobs."""
+    for flag, kind, default, text in options:
+        parser.add_argument(flag, type=kind, default=default, help=text)
+
+
+def _command(commands, name: str, runner, help: str) -> argparse.ArgumentParser:
+    """Sub-command `name`: `help` in `scalekd --help`; its own help opens with the runner's
+    docstring (what it does, an example, which recipe settings it reads)."""
+    parser = commands.add_parser(name, help=help, formatter_class=HelpFormatter,
+                                 description=inspect.cleandoc(runner.__doc__ or help))
+    parser.set_defaults(handler=runner, command_parser=parser)
+    return parser
+
+
+def _run_folder_command(commands, name: str, runner, help: str,
+                        overrides: bool = True) -> argparse.ArgumentParser:
+    """A command reading a run folder: RUN, its overrides, which student, and its EMA."""
+    parser = _command(commands, name, runner, help)
+    parser.add_argument("run", type=Path, help="the run folder (run.dir)")
+    if overrides:
+        add_overrides(parser, "recipe overrides of the saved run, e.g. data.path=/data/imagenet "
+                              "data.val_split=v2")
+    parser.add_argument("--student", default="",
+                        help="which student of a multi-student run (default: the recipe's own)")
+    parser.add_argument("--ema", action="store_true", help="the student's EMA weights")
+    return parser
+
+
+def _add_train(commands) -> None:
+    parser = _command(commands, "train", _train, "run a recipe file with dotted-key overrides")
+    parser.add_argument("recipe", help="a recipe file, e.g. recipes/in1k_a1.py")
+    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS",
+                        help="section.field=value overrides and the recipe file's own flags")
+
+
+def _add_eval(commands) -> None:
+    parser = _run_folder_command(
+        commands, "eval", _eval,
+        "evaluate a run's student (and teacher): top-1/5, per class, agreement")
+    parser.add_argument("--weights", type=Path,
+                        help="an exported student .safetensors (default: the run's export, "
+                        "else its latest checkpoint)")
+    parser.add_argument("--teacher", action="store_true",
+                        help="evaluate the teacher too, and teacher-student agreement")
+    parser.add_argument("--labels", type=Path, nargs="*", default=[],
+                        help="re-labelled sets (ImageNet-ReaL real.json, or JSON/CSV of file "
+                        "name -> labels; default: none)")
+    parser.add_argument("--out", type=Path, help="JSON file (default: RUN/eval.json)")
+
+
+def _add_export(commands) -> None:
+    parser = _run_folder_command(
+        commands, "export", _export,
+        "(re)write a run's export/ (safetensors, timm folder; --onnx: ONNX)")
+    parser.add_argument("--onnx", action="store_true", help="also write student.onnx")
+
+
+def _add_push(commands) -> None:
+    parser = _run_folder_command(
+        commands, "push", _push,
+        "upload a run's exported student to the Hugging Face Hub (timm's push_to_hf_hub)",
+        overrides=False)
+    parser.add_argument("repo_id", help="e.g. your-name/resnet18-scalekd")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+
+
+def _add_report(commands) -> None:
+    parser = _command(commands, "report", _report, "PNG figures of one or several runs' logs")
+    parser.add_argument("runs", type=Path, nargs="+", help="run folders, compared on each figure")
+    parser.add_argument("--out", type=Path,
+                        help="folder for the PNGs (default: the first run's RUN/report)")
+    parser.add_argument("--x", choices=["epoch", "step"], default="epoch",
                         help="the curves' x axis: epochs, or optimiser steps")
 
-    diagnose = commands.add_parser(
-        "diagnose", help="PNGs of the papers' diagnostics: teacher and student feature spectra "
-        "(DCT), layer CKA, embedding PCA")
-    diagnose.add_argument("run", type=Path, help="the run folder (run.dir)")
-    diagnose.add_argument("overrides", nargs="*", help="recipe overrides, as for eval")
-    diagnose.add_argument("--images", type=int, default=512, help="evaluation images to use")
-    diagnose.add_argument("--out", type=Path, help="folder for the PNGs (default: RUN/report)")
 
-    beton = commands.add_parser(
-        "make-beton", help="write FFCV .beton files (one per split) from a data source",
-        description="Write <out>/<split>.beton and <split>.json for the train and val splits "
-                    "of any source, e.g. `scalekd make-beton --out /data/in1k_ffcv "
-                    "data.path=/data/imagenet`; train on them with data.source=ffcv "
-                    "data.path=/data/in1k_ffcv.")
-    beton.add_argument("--out", required=True, help="folder for the .beton and .json files")
-    beton.add_argument("--write-mode", default="jpg", choices=WRITE_MODES,
-                       help="raw pixels, JPEG, JPEG for a share of the images (proportion), "
-                            "or JPEG when raw exceeds --smart-threshold bytes (default: jpg)")
-    beton.add_argument("--max-side", type=int, default=512,
-                       help="resize so that the longer side is at most this (0: keep; "
-                            "default 512)")
-    beton.add_argument("--jpeg-quality", type=int, default=90)
-    beton.add_argument("--compress-probability", type=float, default=0.5,
-                       help="--write-mode proportion: the share stored as JPEG")
-    beton.add_argument("--smart-threshold", type=int, default=3 * 256 * 256)
-    beton.add_argument("--workers", type=int, default=2, help="writer processes")
-    beton.add_argument("overrides", nargs="*",
-                       help="data.* fields of the source: data.source=imagefolder (default), "
-                            "data.path=..., data.train_split=..., data.val_split=..., "
-                            "data.bad_files=skip")
+def _add_diagnose(commands) -> None:
+    parser = _command(
+        commands, "diagnose", _diagnose,
+        "PNGs of the papers' diagnostics: teacher and student feature spectra (DCT), layer "
+        "CKA, embedding PCA")
+    parser.add_argument("run", type=Path, help="the run folder (run.dir)")
+    add_overrides(parser, "recipe overrides of the saved run, e.g. data.path=/data/imagenet")
+    parser.add_argument("--images", type=int, default=512, help="evaluation images to use")
+    parser.add_argument("--out", type=Path, help="folder for the PNGs (default: RUN/report)")
 
-    mix = commands.add_parser(
-        "mix", help="write a synthetic set of Image Mixer blends of random training images",
-        description="Write OUT/images/ and OUT/manifest.json: multiplier x (training images) "
-                    "Stable Diffusion Image Mixer blends of random k-tuples of training images "
-                    "whatever their classes (the task-specific distillation paper's synthetic "
-                    "set), e.g. `scalekd mix --out /data/cub_mix --model /models/image-mixer "
-                    "data.path=/data/cub`; train with data.mixed=/data/cub_mix. Running it "
-                    "again resumes: existing images are kept.")
-    mix.add_argument("--out", type=Path, required=True, help="the synthetic set's folder")
-    mix.add_argument("--model", required=True,
-                     help="the Image Mixer as a diffusers pipeline folder or hub repo "
-                          "(StableDiffusionImageVariationPipeline layout)")
-    mix.add_argument("--multiplier", type=int, default=5,
-                     help="outputs per training image (the paper: 5, or 10 for small sets)")
-    mix.add_argument("--images-per-mix", type=int, default=2, help="k: 2 mixes pairs")
-    mix.add_argument("--weights", type=lambda text: [float(w) for w in text.split(",")],
-                     default=[], help="conditioning weights, one per mixed image, e.g. 1,0.5 "
-                                      "(default 1 each)")
-    mix.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    mix.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
-    mix.add_argument("--size", type=int, default=640, help="output height and width, pixels")
-    mix.add_argument("--batch-size", type=int, default=4, help="outputs per pipeline call")
-    mix.add_argument("--seed", type=int, default=0,
-                     help="decides every output's images and noise")
-    mix.add_argument("--device", default="", help="default: cuda if available, else cpu")
-    mix.add_argument("--dtype", default="", choices=["", "fp32", "fp16", "bf16"],
-                     help="default: fp16 on CUDA, fp32 elsewhere")
-    mix.add_argument("--format", default="jpg", choices=["jpg", "png"])
-    mix.add_argument("overrides", nargs="*",
-                     help="data.* fields of the training images: data.source=imagefolder "
-                          "(default), data.path=..., data.train_split=...")
 
-    probe = commands.add_parser(
-        "probe", help="train a linear or MLP head on a frozen teacher's features (lr grid "
-        "searched); its output folder is a teacher: teacher.probe=DIR",
-        description="e.g. `scalekd probe teacher.name=vit_giant_patch14_dinov2 "
-                    "teacher.checkpoint=dinov2_g.safetensors data.path=/data/cub "
-                    "probe.blocks=3 probe.patch_mean=false run.dir=runs/probe_cub`; writes "
-                    "run.dir/probe.json and head.safetensors (scalekd/tools/probe_teacher.py)")
-    probe.add_argument("overrides", nargs="*", help="section.field=value (teacher.*, data.*, "
-                       "aug.interpolation/crop_pct, probe.*, run.dir, run.seed)")
+def _add_probe(commands) -> None:
+    parser = _command(
+        commands, "probe", _probe,
+        "train a linear or MLP head on a frozen teacher's features (lr grid searched); its "
+        "output folder is a teacher: teacher.probe=DIR")
+    _recipe_option(parser, "its teacher, data and probe.* settings")
+    add_overrides(parser)
 
-    cache = commands.add_parser(
-        "cache-teacher", help="store the teacher's top-k logits for K augmentation draws of "
-        "every training image (teacher.mode=cached replays them)",
-        description="Run the teacher once over --draws stored augmentation draws of each "
-                    "training image and keep its --topk log-probabilities, in shards with an "
-                    "index, e.g. `scalekd cache-teacher --recipe recipes/in1k_a1.py --out "
-                    "/data/beitv2_cache data.path=/data/imagenet`; train on it with the same "
-                    "recipe and teacher.mode=cached teacher.cache=/data/beitv2_cache. Running "
-                    "the same command again finishes an interrupted cache; under `accelerate "
-                    "launch` the processes share the shards.")
-    cache.add_argument("--out", required=True, type=Path, help="folder for the cache")
-    cache.add_argument("--recipe", type=Path,
-                       help="the training recipe file (its augmentation is the cache's); "
-                            "default: the library's defaults")
-    cache.add_argument("--draws", type=int, default=10,
-                       help="K, augmentation draws per image; epoch e replays draw e mod K")
-    cache.add_argument("--topk", type=int, default=10, help="k, logits kept per crop")
-    cache.add_argument("--shard-size", type=int, default=10_000, help="images per shard file")
-    cache.add_argument("--batch-size", type=int, default=64,
-                       help="crops per teacher forward, per process")
-    cache.add_argument("overrides", nargs="*",
-                       help="recipe overrides: teacher.*, data.*, aug.*, student.name (its "
-                            "normalisation)")
-    args = parser.parse_args(argv)
-    if args.command == "train":
-        sys.argv = [args.recipe, *args.overrides]
-        runpy.run_path(args.recipe, run_name="__main__")
-    elif args.command == "eval":
-        _eval(args)
-    elif args.command == "export":
-        _export(args)
-    elif args.command == "push":
-        _push(args)
-    elif args.command == "report":
-        from scalekd.diagnostics.report import plot_report
 
-        for path in plot_report(args.runs, args.out or args.runs[0] / "report", args.x):
-            print(path)
-    elif args.command == "diagnose":
-        _diagnose(args)
-    elif args.command == "probe":
-        run_probe(Recipe(), args.overrides)
-    elif args.command == "make-beton":
-        from scalekd.data.beton import make_betons
+def _add_make_beton(commands) -> None:
+    parser = _command(commands, "make-beton", _make_beton,
+                      "write FFCV .beton files (one per split) from a data source")
+    parser.add_argument("--out", required=True, help="folder for the .beton and .json files")
+    parser.add_argument("--write-mode", default="jpg", choices=WRITE_MODES,
+                        help="raw pixels, JPEG, JPEG for a share of the images (proportion), "
+                             "or JPEG when raw exceeds --smart-threshold bytes (smart)")
+    _options(parser, (
+        ("--max-side", int, 512, "resize so that the longer side is at most this (0: keep)"),
+        ("--jpeg-quality", int, 90, "JPEG quality, 1-100"),
+        ("--compress-probability", float, 0.5, "--write-mode proportion: the share stored "
+                                               "as JPEG"),
+        ("--smart-threshold", int, 3 * 256 * 256, "--write-mode smart: raw bytes above "
+                                                  "which an image is stored as JPEG"),
+        ("--workers", int, 2, "writer processes")))
+    _recipe_option(parser, "its data.* settings")
+    add_overrides(parser)
 
-        try:
-            cfg = apply_overrides(Recipe(), args.overrides).data
-            paths = make_betons(cfg, args.out, write_mode=args.write_mode,
-                                max_side=args.max_side, jpeg_quality=args.jpeg_quality,
-                                compress_probability=args.compress_probability,
-                                smart_threshold=args.smart_threshold, workers=args.workers)
-        except (RecipeError, ValueError) as err:
-            print(f"scalekd make-beton: {err}", file=sys.stderr)
-            raise SystemExit(2) from None
-        print("wrote " + ", ".join(str(p) for p in paths))
-    elif args.command == "mix":
-        _mix(args)
-    elif args.command == "cache-teacher":
-        _cache_teacher(args)
+
+def _add_mix(commands) -> None:
+    parser = _command(commands, "mix", _mix,
+                      "write a synthetic set of Image Mixer blends of random training images")
+    parser.add_argument("--out", type=Path, required=True, help="the synthetic set's folder")
+    parser.add_argument("--model", required=True,
+                        help="the Image Mixer as a diffusers pipeline folder or hub repo "
+                             "(StableDiffusionImageVariationPipeline layout)")
+    parser.add_argument("--weights", type=lambda text: [float(w) for w in text.split(",")],
+                        default=[], help="conditioning weights, one per mixed image, e.g. 1,0.5 "
+                                         "(default: 1 each)")
+    _options(parser, (
+        ("--multiplier", int, 5, "outputs per training image (the paper: 5, or 10 for small "
+                                 "sets)"),
+        ("--images-per-mix", int, 2, "k: 2 mixes pairs"),
+        ("--steps", int, 50, "DDIM steps"),
+        ("--guidance", float, 3.0, "classifier-free guidance scale"),
+        ("--size", int, 640, "output height and width, pixels"),
+        ("--batch-size", int, 4, "outputs per pipeline call"),
+        ("--seed", int, 0, "decides every output's images and noise"),
+        ("--device", str, "", "default: cuda if available, else cpu")))
+    parser.add_argument("--dtype", default="", choices=["", "fp32", "fp16", "bf16"],
+                        help="default: fp16 on CUDA, fp32 elsewhere")
+    parser.add_argument("--format", default="jpg", choices=["jpg", "png"],
+                        help="the images' file format")
+    _recipe_option(parser, "its data.* settings")
+    add_overrides(parser)
+
+
+def _add_cache_teacher(commands) -> None:
+    parser = _command(commands, "cache-teacher", _cache_teacher,
+                      "store the teacher's top-k logits for K augmentation draws of every "
+                      "training image (teacher.mode=cached replays them)")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the cache")
+    _options(parser, (
+        ("--draws", int, 10, "K, augmentation draws per image; epoch e replays draw e mod K"),
+        ("--topk", int, 10, "k, logits kept per crop"),
+        ("--shard-size", int, 10_000, "images per shard file"),
+        ("--batch-size", int, 64, "crops per teacher forward, per process")))
+    _recipe_option(parser, "the training recipe: its augmentation is the cache's")
+    add_overrides(parser)
+
+
+COMMANDS = (_add_train, _add_eval, _add_export, _add_push, _add_report, _add_diagnose,
+            _add_probe, _add_make_beton, _add_mix, _add_cache_teacher)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scalekd", description=__doc__,
+                                     formatter_class=HelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(commands)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # overrides on both sides of a --flag: the command takes them in any order
+        args = args.command_parser.parse_intermixed_args(argv[argv.index(args.command) + 1:])
+    args.handler(args)
+
+
+def _train(args: argparse.Namespace) -> None:
+    """Run RECIPE as `python RECIPE ARGS` would: ARGS are its overrides and its own flags
+    (`scalekd train RECIPE --help` lists them), e.g. `scalekd train recipes/in1k_a1.py
+    data.path=/data/imagenet run.epochs=1200`."""
+    sys.argv = [args.recipe, *args.args]
+    runpy.run_path(args.recipe, run_name="__main__")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from scalekd.diagnostics.report import plot_report
+
+    for path in plot_report(args.runs, args.out or args.runs[0] / "report", args.x):
+        print(path)
+
+
+def _probe(args: argparse.Namespace) -> None:
+    """e.g. `scalekd probe teacher.name=vit_giant_patch14_dinov2 teacher.checkpoint=
+    dinov2_g.safetensors data.path=/data/cub probe.blocks=3 probe.patch_mean=false
+    run.dir=runs/probe_cub`; writes run.dir/probe.json and head.safetensors
+    (scalekd/tools/probe_teacher.py). Its settings: teacher.*, data.*,
+    aug.interpolation/crop_pct, probe.*, run.dir, run.seed."""
+    try:
+        base = _base_recipe(args)
+    except RecipeError as err:
+        print(f"scalekd probe: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    run_probe(base, [])
+
+
+def _make_beton(args: argparse.Namespace) -> None:
+    """Write <out>/<split>.beton and <split>.json for the train and val splits of any source,
+    e.g. `scalekd make-beton --out /data/in1k_ffcv data.path=/data/imagenet`; train on them
+    with data.source=ffcv data.path=/data/in1k_ffcv. Its settings: data.* (data.source,
+    data.path, data.train_split, data.val_split, data.bad_files)."""
+    from scalekd.data.beton import make_betons
+
+    try:
+        paths = make_betons(_base_recipe(args).data, args.out, write_mode=args.write_mode,
+                            max_side=args.max_side, jpeg_quality=args.jpeg_quality,
+                            compress_probability=args.compress_probability,
+                            smart_threshold=args.smart_threshold, workers=args.workers)
+    except (RecipeError, ValueError) as err:
+        print(f"scalekd make-beton: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print("wrote " + ", ".join(str(p) for p in paths))
+
 
 def _mix(args) -> None:
-    import dataclasses
+    """Write OUT/images/ and OUT/manifest.json: multiplier x (training images) Stable Diffusion
+    Image Mixer blends of random k-tuples of training images whatever their classes (the
+    task-specific distillation paper's synthetic set), e.g. `scalekd mix --out /data/cub_mix
+    --model /models/image-mixer data.path=/data/cub`; train with data.mixed=/data/cub_mix.
+    Running it again resumes: existing images are kept. Its settings: data.* of the training
+    images (data.source, data.path, data.train_split)."""
 
     import torch
 
@@ -289,7 +387,7 @@ def _mix(args) -> None:
         dtype=args.dtype or ("fp16" if device.startswith("cuda") else "fp32"),
         format=args.format)
     try:
-        cfg = apply_overrides(Recipe(), args.overrides).data
+        cfg = _base_recipe(args).data
         source = SOURCES.get(cfg.source)
         problems = source.check(cfg) if source else [f"data.source={cfg.source!r} is unknown"]
         if problems:
@@ -305,14 +403,20 @@ def _mix(args) -> None:
 
 
 def _cache_teacher(args) -> None:
+    """Run the teacher once over --draws stored augmentation draws of each training image and
+    keep its --topk log-probabilities, in shards with an index, e.g. `scalekd cache-teacher
+    --recipe recipes/in1k_a1.py --out /data/beitv2_cache data.path=/data/imagenet`; train on
+    it with the same recipe and teacher.mode=cached teacher.cache=/data/beitv2_cache. Running
+    the same command again finishes an interrupted cache; under `accelerate launch` the
+    processes share the shards. Its settings: teacher.*, data.*, aug.*, student.name (its
+    normalisation)."""
     import torch
     from accelerate import PartialState
 
     from scalekd.tools.cache_teacher import cache_teacher, writer_problems
 
-    base = runpy.run_path(str(args.recipe))["recipe"]() if args.recipe else Recipe()
     try:
-        recipe = apply_overrides(base, args.overrides)
+        recipe = _base_recipe(args)
         problems = writer_problems(recipe)
         if problems:
             raise RecipeError(problems)
@@ -340,6 +444,10 @@ def _eval(args) -> None:
 
 
 def _export(args) -> None:
+    """Rewrite RUN/export/<student>/: student.safetensors and .json, and student_timm/ (timm's
+    save_for_hf folder: timm.create_model('local-dir:FOLDER', pretrained=True)), from the
+    run's export, else its latest complete checkpoint; --onnx adds student.onnx (dynamic
+    batch), checked with onnxruntime against PyTorch on evaluation images."""
     from scalekd.engine.checkpoint import RunFolderError
     from scalekd.engine.export_run import export_run
     from scalekd.engine.onnx_export import onnx_missing
@@ -365,6 +473,9 @@ def _export(args) -> None:
 
 
 def _push(args) -> None:
+    """Upload RUN/export/<student>/student_timm/ to the Hub repo REPO_ID with timm's
+    push_to_hf_hub (created if missing; the only network use of an export); then anyone loads
+    it with timm.create_model('hf-hub:REPO_ID', pretrained=True)."""
     from scalekd.engine.timm_folder import push_timm_folder, timm_folder
 
     folder = timm_folder(args.run / "export" / args.student,

@@ -133,7 +133,9 @@ class TeacherCfg:
     checkpoint: str = ""  # weights file on disk (safetensors, or a torch checkpoint)
     pretrained: bool = False  # load timm's weights for `name` from the Hugging Face hub
     kwargs: dict[str, Any] = field(default_factory=dict)
-    input_size: int = 0  # the teacher's resolution; 0: the student's
+    # the teacher's resolution; 0: its own if its model takes one only (timm's data config:
+    # ViT, Swin, Mixer at their img_size), else the student's (models.teacher.teacher_input_size)
+    input_size: int = 0
     dtype: str = "bf16"  # bf16 | fp32 for the teacher's forward
     # sdpa | eager | xformers, for the teacher's and CAP's attention (scalekd/models/attention.py)
     attention: str = "sdpa"

@@ -1,4 +1,4 @@
-"""Recipe cards (recipes/cards.toml): every recipe file and every pair= of scalekd_in1k.py,
+"""Recipe cards (recipes/cards.toml): every recipe file and every --pair of scalekd_in1k.py,
 resolved as a user runs it, holds each value its card states and cites; changing any card value,
 or the recipe's value, fails. README's card table is printed from the cards:
 `python tests/test_recipe_cards.py`."""

@@ -115,8 +115,6 @@ def test_scalekd_pairs_validate_and_name_what_is_missing():
     assert (advanced.distill.dfm_weight * advanced.distill.dfm_beta) == pytest.approx(0.08)
     assert (traditional.optim.name, traditional.optim.sched, traditional.run.epochs,
             traditional.data.batch_size) == ("sgd", "step", 100, 256)
-    assert SCALEKD["split_pair"](["pair=beitl_r50", "run.epochs=1"]) == ("beitl_r50",
-                                                                         ["run.epochs=1"])
 
 
 def test_scalekd_recipe_runs_on_tiny_overrides(tmp_path):
@@ -147,7 +145,7 @@ def test_dinov2_pair_probes_distils_stops_resumes_and_exports(tmp_path, monkeypa
     encoder = timm.create_model("vit_giant_patch14_reg4_dinov2", num_classes=0, **dinov2)
     save_file(encoder.state_dict(), tmp_path / "dinov2.safetensors")  # as the hub's: no head
     tiny = [
-        "pair=dinov2g_r50", "data.source=synthetic", "data.num_samples=32",
+        "--pair", "dinov2g_r50", "data.source=synthetic", "data.num_samples=32",
         "data.input_size=56", "data.batch_size=8", "data.workers=0", "student.name=resnet18d",
         f"teacher.kwargs={dinov2}", f"teacher.checkpoint={tmp_path / 'dinov2.safetensors'}",
         "teacher.pretrained=false", "teacher.dtype=fp32", "run.precision=no",
@@ -158,7 +156,8 @@ def test_dinov2_pair_probes_distils_stops_resumes_and_exports(tmp_path, monkeypa
     monkeypatch.setenv("WORLD_SIZE", "2")  # a multi-process launch does not probe: it says how
     with pytest.raises(SystemExit):
         main([*tiny, f"run.dir={tmp_path / 'cut'}"])
-    assert "python recipes/scalekd_in1k.py probe pair=dinov2g_r50" in capsys.readouterr().err
+    assert ("python recipes/scalekd_in1k.py --probe-only --pair dinov2g_r50"
+            in capsys.readouterr().err)
     monkeypatch.delenv("WORLD_SIZE")
 
     with pytest.raises(SystemExit) as stopped:  # a stop ends the script once checkpointed

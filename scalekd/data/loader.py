@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 from torch.utils.data import DataLoader, Dataset
@@ -23,6 +22,7 @@ from scalekd.data.workers import leave_signals_to_trainer
 from scalekd.data.teacher_cache.labels import SoftLabelMixup
 from scalekd.data.transforms import train_transform
 from scalekd.data.teacher_cache.replay import replay_batches, replay_loader
+from scalekd.model_config import data_config
 from scalekd.recipe import Recipe, RecipeError, grad_accum_steps, per_process_batch
 
 CPU = torch.device("cpu")
@@ -250,7 +250,8 @@ def build_eval_loader(recipe: Recipe, images: LabelledImages, mean, std, rank: i
                            input_size or d.input_size, device)
     transform = create_transform(input_size or d.input_size, is_training=False,
                                  interpolation=eval_interpolation(recipe.aug.interpolation,
-                                                                  recipe.student.name),
+                                                                  recipe.student.name,
+                                                                  recipe.student.kwargs),
                                  mean=mean, std=std,
                                  crop_pct=recipe.aug.crop_pct)
     per_rank = -(-len(images) // world_size)
@@ -262,14 +263,15 @@ def build_eval_loader(recipe: Recipe, images: LabelledImages, mean, std, rank: i
                       worker_init_fn=leave_signals_to_trainer)
 
 
-def eval_interpolation(interpolation: str, student: str) -> str:
+def eval_interpolation(interpolation: str, student: str,
+                       student_kwargs: Optional[dict] = None) -> str:
     """Evaluation resizes with one fixed interpolation: aug.interpolation, or, where that is
-    'random' (a draw per training crop, timm train.py's default), the student's own (its timm
-    pretrained_cfg's; bicubic without one), as timm's train.py evaluates."""
+    'random' (a draw per training crop, timm train.py's default), the student's own (timm's data
+    config of the model: bicubic where its pretrained_cfg names none), as timm's train.py
+    evaluates."""
     if interpolation != "random":
         return interpolation
-    cfg = timm.models.get_pretrained_cfg(student.split("hf-hub:")[-1]) if student else None
-    return (cfg.interpolation if cfg is not None and cfg.interpolation else None) or "bicubic"
+    return data_config(student, student_kwargs)["interpolation"] if student else "bicubic"
 
 
 class _Padded(Dataset):

@@ -59,7 +59,7 @@ class SavedRun:
 
     def loader(self) -> DataLoader:
         """The evaluation split in order (image i of the split is item i), one process."""
-        norm = data_config(self.recipe.student.name)
+        norm = data_config(self.recipe.student.name, self.recipe.student.kwargs)
         return build_eval_loader(self.recipe, self.images, norm["mean"], norm["std"], 0, 1)
 
     def student(self, weights: Optional[Path] = None, ema: bool = False) -> nn.Module:

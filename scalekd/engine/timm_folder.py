@@ -23,9 +23,10 @@ def timm_folder(export_folder: Path, stem: str = "student") -> Path:
 
 def run_data_config(recipe: Recipe) -> dict:
     """The evaluation preprocessing of the run, in timm's data-config terms."""
-    norm = data_config(recipe.student.name)
+    norm = data_config(recipe.student.name, recipe.student.kwargs)
     return {"input_size": (3, recipe.data.input_size, recipe.data.input_size),
-            "interpolation": eval_interpolation(recipe.aug.interpolation, recipe.student.name),
+            "interpolation": eval_interpolation(recipe.aug.interpolation, recipe.student.name,
+                                                recipe.student.kwargs),
             "mean": tuple(norm["mean"]), "std": tuple(norm["std"]),
             "crop_pct": recipe.aug.crop_pct, "crop_mode": "center"}
 

@@ -27,10 +27,11 @@ from scalekd.engine.optimisation import (optim_range_problems, optim_value_probl
                                          optimisation_problems, zero_optimiser_problems)
 from scalekd.models import data_config
 from scalekd.models.probed_teacher import probe_problems
-from scalekd.models.student import (student_name_problems, student_value_problems,
-                                    student_zero_problems)
+from scalekd.models.student import (model_problems, student_name_problems, student_size_problems,
+                                    student_value_problems, student_zero_problems)
 from scalekd.models.teacher import (compile_problems, online_teacher_problems,
-                                    teacher_setting_problems, teacher_size_problems)
+                                    teacher_input_size, teacher_setting_problems,
+                                    teacher_size_problems)
 from scalekd.models.weights import weights_file_problems
 from scalekd.recipe import (PER_STUDENT_SECTIONS, PRECISIONS, Recipe, RecipeError,
                             flat_items, grad_accum_steps, resolved_precision,
@@ -40,7 +41,8 @@ from scalekd.recipe import (PER_STUDENT_SECTIONS, PRECISIONS, Recipe, RecipeErro
 def validate(recipe: Recipe, world_size: int = 1) -> None:
     """Check the recipe before any compute; raise one RecipeError listing every problem."""
     r, problems = recipe, []
-    problems += student_name_problems(r.student)
+    student = student_name_problems(r.student)
+    problems += student or student_size_problems(r.student, r.data.input_size)
     method = DISTILLERS.get(r.distill.method)
     distils = method is None or method.needs_teacher  # an unknown method is reported alone
     if method is None:
@@ -52,11 +54,15 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         problems += compile_problems(r.teacher, r.distill.method, method.needs_features)
     if method is not None:
         problems += method.options_problems(r)
-    if r.teacher.probe and method is not None and method.needs_teacher:
-        problems += probe_problems(r.teacher, r.data, r.teacher.input_size or r.data.input_size,
+    # the probe's resolution is the teacher's own, known where timm resolves its name
+    if (r.teacher.probe and method is not None and method.needs_teacher
+            and not model_problems("teacher.name", r.teacher.name, r.teacher.kwargs)):
+        problems += probe_problems(r.teacher, r.data,
+                                   teacher_input_size(r.teacher, r.data.input_size),
                                    known_classes(r.data))
     problems += cache_problems(r, method is not None and method.needs_features, logit_methods(),
-                               lambda: data_config(r.student.name))
+                               None if student else
+                               lambda: data_config(r.student.name, r.student.kwargs))
     # a cached run never loads the teacher: its weights may stay where the cache was written
     problems += weights_file_problems({
         "teacher.checkpoint": r.teacher.checkpoint if r.teacher.mode != "cached" else "",

@@ -7,6 +7,7 @@ import difflib
 import timm
 import torch.nn as nn
 
+from scalekd.model_config import config_problem, data_config
 from scalekd.models.weights import create_with_weights
 from scalekd.recipe import StudentCfg
 
@@ -23,16 +24,20 @@ def create_student(cfg: StudentCfg, num_classes: int) -> nn.Module:
                              **kwargs)
 
 
-def data_config(name: str) -> dict:
-    """Mean, std and interpolation a timm model expects, without building it."""
-    cfg = timm.models.get_pretrained_cfg(name.split("hf-hub:")[-1])
-    if cfg is None:
-        return {"mean": timm.data.IMAGENET_DEFAULT_MEAN, "std": timm.data.IMAGENET_DEFAULT_STD}
-    return {"mean": tuple(cfg.mean), "std": tuple(cfg.std)}
+# timm's sources of a model's config.json besides its registry
+_SOURCES = ("hf-hub:", "local-dir:")
 
 
 def model_known(name: str) -> bool:
-    return timm.is_model(name) or name.startswith("hf-hub:")
+    return timm.is_model(name) or name.startswith(_SOURCES)
+
+
+def model_problems(key: str, name: str, kwargs: dict) -> list[str]:
+    """A model name timm does not know, or whose config (a hub repo's, a folder's) it cannot
+    read or build with these kwargs: the resolution and normalisation come from there."""
+    if not model_known(name):
+        return [unknown_model(key, name)]
+    return config_problem(key, name, kwargs)
 
 
 def unknown_model(key: str, name: str) -> str:
@@ -45,7 +50,19 @@ def unknown_model(key: str, name: str) -> str:
 
 
 def student_name_problems(cfg: StudentCfg) -> list[str]:
-    return [] if model_known(cfg.name) else [unknown_model("student.name", cfg.name)]
+    return model_problems("student.name", cfg.name, cfg.kwargs)
+
+
+def student_size_problems(cfg: StudentCfg, input_size: int) -> list[str]:
+    """data.input_size for a student that takes one resolution only (its timm data config's
+    fixed_input_size); call it once student_name_problems found nothing."""
+    own = data_config(cfg.name, cfg.kwargs)
+    if not own["fixed_input_size"] or own["input_size"][-1] == input_size:
+        return []
+    return [f"data.input_size={input_size}: student {cfg.name!r} takes {own['input_size'][-1]} "
+            f"px inputs only (timm's data config of the model); set data.input_size="
+            f"{own['input_size'][-1]}, or build it for {input_size} px with "
+            f"student.kwargs.img_size={input_size}"]
 
 
 def student_value_problems(cfg: StudentCfg) -> list[str]:

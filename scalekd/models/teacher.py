@@ -13,13 +13,14 @@ from typing import Callable, Iterable, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.data import resolve_model_data_config
 
+from scalekd.model_config import data_config
 from scalekd.models.attention import set_fused_attention, timm_attention
 from scalekd.models.probed_teacher import create_probed_model
-from scalekd.models.student import model_known, unknown_model
+from scalekd.models.student import model_problems
 from scalekd.models.teacher_stages import TeacherStages
 from scalekd.models.weights import load_timm_model
-from scalekd.models.student import data_config
 from scalekd.recipe import Recipe, TeacherCfg
 
 
@@ -148,12 +149,24 @@ def _channels(values) -> torch.Tensor:
 
 def freeze_teacher(model: nn.Module, cfg: TeacherCfg, student_mean, student_std,
                    student_size: int, compile: bool = False) -> FrozenTeacher:
-    """`model` as a FrozenTeacher with `cfg`'s speed options and its own normalisation."""
-    pcfg = model.pretrained_cfg
+    """`model` as a FrozenTeacher with `cfg`'s speed options, its own normalisation (timm's
+    data config of the model) and resolution (teacher_input_size)."""
+    own = resolve_model_data_config(model)
     dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
-    return FrozenTeacher(model, student_mean, student_std, pcfg["mean"], pcfg["std"],
-                         cfg.input_size or student_size, dtype, cfg.attention, cfg.channels_last,
-                         compile)
+    return FrozenTeacher(model, student_mean, student_std, own["mean"], own["std"],
+                         teacher_input_size(cfg, student_size), dtype, cfg.attention,
+                         cfg.channels_last, compile)
+
+
+def teacher_input_size(cfg: TeacherCfg, student_size: int) -> int:
+    """The resolution the teacher sees: teacher.input_size if set; else its own, for a model
+    that takes one resolution only (timm's data config of teacher.name with teacher.kwargs:
+    fixed_input_size, at its img_size kwarg if any); else the student's (a CNN runs on the
+    student's crops as they are)."""
+    if cfg.input_size or not cfg.name:
+        return cfg.input_size or student_size
+    own = data_config(cfg.name, cfg.kwargs)
+    return own["input_size"][-1] if own["fixed_input_size"] else student_size
 
 
 def create_teacher(cfg: TeacherCfg, num_classes: int, student_mean, student_std,
@@ -168,7 +181,7 @@ def create_teacher(cfg: TeacherCfg, num_classes: int, student_mean, student_std,
 def recipe_teacher(recipe: Recipe, num_classes: int) -> FrozenTeacher:
     """The recipe's teacher, fed what distillation feeds it: the student's pixels (normalised
     for the student, at data.input_size), re-normalised and resized for the teacher."""
-    norm = data_config(recipe.student.name)
+    norm = data_config(recipe.student.name, recipe.student.kwargs)
     return create_teacher(recipe.teacher, num_classes, norm["mean"], norm["std"],
                           recipe.data.input_size)
 
@@ -181,8 +194,8 @@ def online_teacher_problems(cfg: TeacherCfg, method: str) -> list[str]:
     """The teacher distill.method=`method` needs, run online: a timm name and its weights."""
     if not cfg.name:
         return [f"distill.method={method!r} needs a teacher: set teacher.name=<timm model>"]
-    if not model_known(cfg.name):
-        return [unknown_model("teacher.name", cfg.name)]
+    if problems := model_problems("teacher.name", cfg.name, cfg.kwargs):
+        return problems
     if not cfg.checkpoint and not cfg.pretrained:
         return [f"teacher {cfg.name!r} has no weights: pass teacher.checkpoint=/path/to/weights"
                 " (.safetensors or .pth), or teacher.pretrained=true to download timm's weights"

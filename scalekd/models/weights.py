@@ -26,7 +26,10 @@ def load_timm_model(cfg: TeacherCfg, num_classes: int) -> nn.Module:
     if cfg.checkpoint:
         return create_with_weights("teacher.checkpoint", cfg.checkpoint, cfg.name, num_classes,
                                    cfg.kwargs)
-    hub_classes = timm.models.get_pretrained_cfg(cfg.name).num_classes
+    # a registry name's classes, known before the download (an hf-hub: or local-dir: model's
+    # are in its config.json, which timm reads when it creates the model)
+    known = timm.models.get_pretrained_cfg(cfg.name)
+    hub_classes = known.num_classes if known is not None else num_classes
     if num_classes and hub_classes != num_classes:
         raise ValueError(
             f"teacher {cfg.name!r} from the hub predicts {hub_classes} classes, the data has "

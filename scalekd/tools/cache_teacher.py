@@ -29,7 +29,7 @@ from scalekd.data.teacher_cache.store import (FORMAT, class_dtype, read_index, s
 from scalekd.engine.logging import RunLog
 from scalekd.engine.validation import validate
 from scalekd.models import data_config
-from scalekd.models.teacher import recipe_teacher
+from scalekd.models.teacher import recipe_teacher, teacher_input_size
 from scalekd.recipe import Recipe, RecipeError
 
 CPU = torch.device("cpu")
@@ -84,7 +84,7 @@ def new_index(recipe: Recipe, num_images: int, num_classes: int, draws: int, k: 
         "teacher": {"name": t.name, "checkpoint": t.checkpoint,
                     "sha256": file_sha256(t.checkpoint) if t.checkpoint else "",
                     "pretrained": t.pretrained, "kwargs": t.kwargs,
-                    "input_size": t.input_size or recipe.data.input_size, "dtype": t.dtype},
+                    "input_size": teacher_input_size(t, recipe.data.input_size), "dtype": t.dtype},
         "k": k, "draws": draws, "num_images": num_images, "num_classes": num_classes,
         "seed": recipe.run.seed, "augmentation": augmentation_config(recipe, mean, std),
         "shard_size": shard_size, "shards": [shard_name(s) for s in range(shards)],
@@ -101,7 +101,7 @@ def cache_teacher(recipe: Recipe, out: Path, draws: int, k: int, shard_size: int
 
     out = Path(out)
     images = load_split(recipe.data, recipe.data.train_split)  # data.classes as training sees it
-    norm = data_config(recipe.student.name)
+    norm = data_config(recipe.student.name, recipe.student.kwargs)
     num_classes = len(images.classes)
     if not 1 <= k <= num_classes or draws < 1 or shard_size < 1:
         raise ValueError(f"--topk must lie in [1, {num_classes}] (the classes), --draws and "

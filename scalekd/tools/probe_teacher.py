@@ -41,7 +41,7 @@ from scalekd.files import write_atomically, write_text_atomically
 from scalekd.models import FrozenTeacher, data_config
 from scalekd.models.probed_teacher import (HEAD_FILE, PROBE_FILE, ProbedModel, create_encoder,
                                            has_class_token, make_head, teacher_record)
-from scalekd.models.teacher import freeze_teacher
+from scalekd.models.teacher import freeze_teacher, teacher_input_size
 from scalekd.recipe import Recipe, RecipeError
 
 
@@ -154,7 +154,7 @@ def check_probe_recipe(recipe: Recipe) -> None:
 
 
 def teacher_size(recipe: Recipe) -> int:
-    return recipe.teacher.input_size or recipe.data.input_size
+    return teacher_input_size(recipe.teacher, recipe.data.input_size)
 
 
 def feature_teacher(recipe: Recipe) -> FrozenTeacher:
@@ -167,7 +167,8 @@ def feature_teacher(recipe: Recipe) -> FrozenTeacher:
         raise RecipeError([f"probe.blocks={recipe.probe.blocks}: teacher {t.name!r} has "
                            f"{depth} blocks"])
     model = ProbedModel(encoder, nn.Identity(), recipe.probe.blocks, recipe.probe.patch_mean)
-    norm = data_config(recipe.student.name)  # the pixels distillation hands the teacher
+    # the pixels distillation hands the teacher
+    norm = data_config(recipe.student.name, recipe.student.kwargs)
     return freeze_teacher(model, t, norm["mean"], norm["std"], recipe.data.input_size)
 
 
@@ -190,13 +191,14 @@ def cached_features(recipe: Recipe, teacher: FrozenTeacher, which: str,
         images = keep_labelled(images, d.labels_per_class)
     key = json.dumps({"teacher": {k: v for k, v in vars(recipe.teacher).items() if k != "probe"},
                       "blocks": recipe.probe.blocks, "patch_mean": recipe.probe.patch_mean,
-                      "student_norm": data_config(recipe.student.name),
+                      "student_norm": data_config(recipe.student.name, recipe.student.kwargs),
                       "data": {k: getattr(d, k) for k in ("source", "path", "input_size",
                                                           "labels_per_class", "classes",
                                                           "num_samples")},
                       "split": split, "which": which, "images": len(images),
                       "eval_transform": [eval_interpolation(recipe.aug.interpolation,
-                                                            recipe.student.name),
+                                                            recipe.student.name,
+                                                            recipe.student.kwargs),
                                          recipe.aug.crop_pct]},
                      sort_keys=True, default=str)
     file = recipe.run.path / "features" / f"{which}.safetensors"
@@ -220,7 +222,7 @@ def cached_features(recipe: Recipe, teacher: FrozenTeacher, which: str,
 def compute_features(recipe: Recipe, teacher: FrozenTeacher, images,
                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, width) fp32 features and (N,) labels of `images`, in order, without augmentation."""
-    norm = data_config(recipe.student.name)
+    norm = data_config(recipe.student.name, recipe.student.kwargs)
     loader = build_eval_loader(recipe, images, norm["mean"], norm["std"], 0, 1)
     features, labels = [], []
     bar = tqdm(loader, desc=f"probe: teacher features ({len(images)} images)", unit="batch",

@@ -109,8 +109,8 @@ def test_mismatched_probe_folders_are_refused_before_compute(probe_dir, tiny_tea
         "probed teacher 'vit_tiny_patch16_224', not teacher.name='vit_small_patch16_224'": [
             "teacher.name=vit_small_patch16_224"],
         "predicts 10 classes, the data has 5": ["data.classes=(0,1,2,3,4)"],
-        "computed the teacher's features at 32 px, this run feeds it 64 px": [
-            "data.input_size=64"],
+        "computed the teacher's features at 32 px, this run feeds it 48 px": [
+            "teacher.input_size=48"],
     }
     for message, overrides in cases.items():
         with pytest.raises(RecipeError) as err:
@@ -137,7 +137,8 @@ def test_probed_teacher_serves_feature_methods(name):
     encoder = timm.create_model(name, num_classes=0, **DINOV2_TINY).eval()
     head = make_head("linear", 32 * 3, 10, 0)
     teacher = freeze_teacher(ProbedModel(encoder, head, 2, True), apply_overrides(
-        Recipe(), [f"teacher.name={name}", "teacher.dtype=fp32"]).teacher, (0.5,) * 3,
+        Recipe(), [f"teacher.name={name}", f"teacher.kwargs={DINOV2_TINY}",
+                   "teacher.dtype=fp32"]).teacher, (0.5,) * 3,
         (0.25,) * 3, 56)
     shapes = teacher.enable_features(True, torch.device("cpu"))  # checks the proxy path
     assert shapes == {"split": (32, 4, 4), "final": (32, 4, 4)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Optional
 
 from scalekd.data.teacher_cache.draws import augmentation_config
 from scalekd.data.teacher_cache.store import read_index
@@ -33,10 +34,11 @@ def replay_problems(recipe: Recipe) -> list[str]:
 
 
 def cache_problems(recipe: Recipe, needs_features: bool, logit_methods: list[str],
-                   student_norm: Callable[[], dict]) -> list[str]:
+                   student_norm: Optional[Callable[[], dict]]) -> list[str]:
     """The checks of teacher.mode / teacher.cache, for `validate`, and what a cache combines
     with: a method that `needs_features` cannot (`logit_methods` can); its augmentation must be
-    the run's, whose normalisation is the student's (`student_norm()`: mean and std)."""
+    the run's, whose normalisation is the student's (`student_norm()`: mean and std; None: a
+    student timm cannot build, reported by its own check)."""
     t = recipe.teacher
     if t.mode not in TEACHER_MODES:
         return [f"teacher.mode={t.mode!r} must be online or cached"]
@@ -68,8 +70,8 @@ def cache_problems(recipe: Recipe, needs_features: bool, logit_methods: list[str
     if t.name and t.name != index["teacher"]["name"]:
         problems.append(f"teacher.name={t.name!r}, but teacher.cache={t.cache!r} holds the "
                         f"outputs of {index['teacher']['name']!r}")
-    norm = student_norm()
-    ours = augmentation_config(recipe, norm["mean"], norm["std"])
+    norm = student_norm() if student_norm else None
+    ours = augmentation_config(recipe, norm["mean"], norm["std"]) if norm else {}
     differ = [f"{key} {index['augmentation'].get(key)!r} (cache) vs {value!r}"
               for key, value in ours.items() if index["augmentation"].get(key) != value]
     if differ:

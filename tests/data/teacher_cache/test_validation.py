@@ -51,7 +51,10 @@ def test_scalekd_is_refused_it_needs_the_online_teacher(tiny_cache):
     (["teacher.name=resnet18"], "holds the outputs of 'vit_tiny_patch16_224'"),
     (["aug.scale=(0.5,1.0)"], "written under another augmentation, so its crops are not "
                               "this run's: scale [0.08, 1.0] (cache) vs [0.5, 1.0]"),
-    (["student.name=resnet18"], "mean [0.5, 0.5, 0.5] (cache) vs [0.485"),
+    (["student.name=resnet18", "student.kwargs={}"], "mean [0.5, 0.5, 0.5] (cache) vs [0.485"),
+    (["student.name=resnet18"], "student.name='resnet18': timm cannot build this model's config "
+                                "(TypeError: ResNet.__init__() got an unexpected keyword argument "
+                                "'img_size'); check student.kwargs="),
 ])
 def test_what_a_cache_cannot_serve_is_refused(tiny_cache, extra, message):
     assert any(message in p for p in problems(tiny_cache, *extra)), problems(tiny_cache, *extra)
