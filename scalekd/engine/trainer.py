@@ -293,7 +293,7 @@ def _open_run_folder(recipe: Recipe, main: bool) -> Optional[dict]:
 def _data(recipe: Recipe, accelerator: Accelerator) -> tuple[TrainData, Iterable]:
     """This process's training batches and validation loader, normalised for the student (the
     teacher re-normalises the same augmented pixels)."""
-    norm = data_config(recipe.student.name)
+    norm = data_config(recipe.student.name, recipe.student.kwargs)
     rank, world = accelerator.process_index, accelerator.num_processes
     data = build_train_data(recipe, load_split(recipe.data, recipe.data.train_split),
                             norm["mean"], norm["std"], rank, world, accelerator.device)
