@@ -28,7 +28,7 @@ both, are left out). Prints both tables.
 students on classes 5-9 at 64 px, KD at T=1 as recipes/probed_kd.py): ScaleKD's features and
 proxy path from the probe's encoder, KD from its head.
 
-A shorter setup for a busy machine (what the README's old/new comparison used):
+A shorter setup for a busy machine (what docs/scalekd.md's old/new comparison used):
 
     python benchmarks/scalekd_methods.py --teacher-patch 8 --teacher-epochs 1 --epochs 10 \\
         --root runs/short_vit
