@@ -3,7 +3,8 @@
     python benchmarks/logit_methods.py                 # 3 seeds, ~15 min on 2 CPU cores
     python benchmarks/logit_methods.py --seeds 0 1
 
-The quickstart's setting (recipes/quickstart.py): ResNet-18 teacher (trained once and cached),
+The quickstart's setting before issue 20 (benchmarks/quickstart_v1.py): ResNet-18 teacher
+(trained once and cached),
 MobileNetV3-small-050 student, 100 labels per class of Fashion-MNIST, 60 epochs over them. Per
 seed, one run trains every method's student side by side (`recipe.students`): they share each
 batch, crop and teacher forward, so the comparison between methods is paired. Each method runs
@@ -13,14 +14,12 @@ at its authors' usual temperature. Prints a table of test top-1.
 from __future__ import annotations
 
 import argparse
-import runpy
 from pathlib import Path
 
 from scalekd.cli import run_recipe
 from scalekd.recipe import apply_overrides
-from seed_table import print_seed_table  # benchmarks/ is on sys.path
-
-QUICKSTART = runpy.run_path(str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.py"))
+import quickstart_v1  # benchmarks/ is on sys.path
+from seed_table import print_seed_table
 
 # the students beside the quickstart's KD student (T=4): KD and DKD soften at T=4 on small data
 # sets, DIST and binary KD work at 1
@@ -38,9 +37,9 @@ def main() -> None:
     parser.add_argument("--dir", default="runs/bench_logit_methods")
     args = parser.parse_args()
 
-    kd = QUICKSTART["recipe"]()
+    kd = quickstart_v1.recipe()
     if not Path(kd.teacher.checkpoint).is_file():
-        run_recipe(QUICKSTART["teacher_recipe"](kd), [])
+        run_recipe(quickstart_v1.teacher_recipe(kd), [])
     top1: dict[str, list[float]] = {"alone": [], "kd": [], "dkd": [], "dist": [], "bkd": []}
     for seed in args.seeds:
         recipe = apply_overrides(kd, [f"run.seed={seed}", f"run.dir={args.dir}/seed{seed}",

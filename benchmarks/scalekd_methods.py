@@ -4,11 +4,11 @@ Fashion-MNIST over seeds; and ScaleKD's step time and memory over vanilla KD.
     python benchmarks/scalekd_methods.py                 # 3 seeds
     python benchmarks/scalekd_methods.py --seeds 0
 
-The quickstart's data (100 labels per class, 60 epochs over them). Student: MobileNetV3-small-050
-at 64 px (so its stage-4 map is 2x2, not 1x1). Teacher: a small ViT (patch 4 on 32 px: an 8x8
-grid; 4 blocks of width 128), trained once on all 60,000 labels and cached. Per seed one run
-trains every student side by side (`recipe.students`: shared batches, crops and teacher forward,
-so the comparison is paired):
+The quickstart's data as benchmarks/quickstart_v1.py has it (100 labels per class, 60 epochs over
+them). Student: MobileNetV3-small-050 at 64 px (so its stage-4 map is 2x2, not 1x1). Teacher: a
+small ViT (patch 4 on 32 px: an 8x8 grid; 4 blocks of width 128), trained once on all 60,000 labels
+and cached. Per seed one run trains every student side by side (`recipe.students`: shared batches,
+crops and teacher forward, so the comparison is paired):
 
   alone     labels only
   kd        vanilla KD (T=4, label and KD terms 0.5/0.5, as the quickstart's KD)
@@ -28,7 +28,7 @@ both, are left out). Prints both tables.
 students on classes 5-9 at 64 px, KD at T=1 as recipes/probed_kd.py): ScaleKD's features and
 proxy path from the probe's encoder, KD from its head.
 
-A shorter setup for a busy machine (what the README's old/new comparison used):
+A shorter setup for a busy machine (what docs/scalekd.md's old/new comparison used):
 
     python benchmarks/scalekd_methods.py --teacher-patch 8 --teacher-epochs 1 --epochs 10 \\
         --root runs/short_vit
@@ -38,7 +38,6 @@ A shorter setup for a busy machine (what the README's old/new comparison used):
 from __future__ import annotations
 
 import argparse
-import runpy
 import statistics
 from pathlib import Path
 
@@ -51,8 +50,7 @@ from scalekd.tools.probe_teacher import probe_recipe
 from scalekd.recipe import Recipe, apply_overrides
 from seed_table import print_seed_table  # benchmarks/ is on sys.path
 import probed_distillation as probed  # noqa: E402
-
-QUICKSTART = runpy.run_path(str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.py"))
+import quickstart_v1  # noqa: E402
 ROOT = "runs/bench_scalekd"
 VIT = {"img_size": 32, "patch_size": 4, "embed_dim": 128, "depth": 4, "num_heads": 4}
 STUDENTS = {  # beside the recipe's own student, scalekd
@@ -65,7 +63,7 @@ ORDER = ["alone", "kd", "cap", "cap_dfm", "scalekd"]
 
 
 def scalekd_recipe(root: str = ROOT, patch: int = VIT["patch_size"]) -> Recipe:
-    return apply_overrides(QUICKSTART["recipe"](), [
+    return apply_overrides(quickstart_v1.recipe(), [
         f"run.dir={root}/{{name}}", "data.input_size=64", "distill.method=scalekd",
         "teacher.name=vit_tiny_patch16_224", f"teacher.kwargs={dict(VIT, patch_size=patch)}",
         "teacher.input_size=32",
@@ -75,7 +73,7 @@ def scalekd_recipe(root: str = ROOT, patch: int = VIT["patch_size"]) -> Recipe:
 
 def teacher_recipe(distilled: Recipe, epochs: int = 4) -> Recipe:
     """The ViT trained alone on every label at its own 32 px, 4 epochs."""
-    return apply_overrides(QUICKSTART["teacher_recipe"](distilled), [
+    return apply_overrides(quickstart_v1.teacher_recipe(distilled), [
         "data.input_size=32", f"run.epochs={epochs}", "optim.lr=1e-3",
         "optim.warmup_epochs=0.3"])
 

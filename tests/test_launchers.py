@@ -1,5 +1,5 @@
 """The accelerate configs in launchers/: each loads with accelerate's own config loader and
-holds what README's table says; zero2.yaml launches a real 2-process ZeRO-2 run."""
+holds what docs/recipes.md's table says; zero2.yaml launches a real 2-process ZeRO-2 run."""
 
 import json
 import sys

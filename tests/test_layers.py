@@ -27,13 +27,13 @@ def test_the_import_contracts_are_kept():
 # the kinds of import issue 19 found on main, each added to a copy of today's package
 @pytest.mark.parametrize("module, line, broken", [
     # recipe.validate imported the components, which import the recipe
-    ("recipe.py", "from scalekd.distill import DISTILLERS", "layers (README, Layout)"),
+    ("recipe.py", "from scalekd.distill import DISTILLERS", "layers (docs/layout.md)"),
     # data/loader <-> teacher_cache
     ("data/teacher_cache/replay.py", "from scalekd.data.loader import build_train_data",
      "no cycle between packages"),
     # teacher_cache/writer -> engine.logging while the engine imported the teacher cache
     ("engine/trainer.py", "from scalekd.tools.cache_teacher import cache_teacher",
-     "layers (README, Layout)"),
+     "layers (docs/layout.md)"),
     # diagnostics/spectrum -> distill.dfm for the DCT
     ("diagnostics/spectrum.py", "from scalekd.distill.dfm import FrequencyMimicLoss",
      "diagnostics import no method"),

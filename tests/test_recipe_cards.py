@@ -1,6 +1,6 @@
 """Recipe cards (recipes/cards.toml): every recipe file and every --pair of scalekd_in1k.py,
 resolved as a user runs it, holds each value its card states and cites; changing any card value,
-or the recipe's value, fails. README's card table is printed from the cards:
+or the recipe's value, fails. docs/recipes.md's card table is printed from the cards:
 `python tests/test_recipe_cards.py`."""
 
 import functools
@@ -111,7 +111,7 @@ def test_a_changed_recipe_value_fails(name, key):
     assert key in [m.split(":")[0] for m in mismatches(CARDS[name], recipe)]
 
 
-COLUMNS = [  # README: (heading, keys joined in the cell)
+COLUMNS = [  # docs/recipes.md: (heading, keys joined in the cell)
     ("card", None), ("teacher -> student", ("teacher.name", "student.name")),
     ("epochs", ("run.epochs",)), ("batch", ("data.batch_size",)),
     ("optimiser, lr, wd", ("optim.name", "optim.lr", "optim.weight_decay")),
@@ -154,8 +154,8 @@ def card_table() -> str:
     return "\n".join(lines)
 
 
-def test_readme_shows_the_cards():
-    assert card_table() in (ROOT / "README.md").read_text()
+def test_the_recipes_page_shows_the_cards():
+    assert card_table() in (ROOT / "docs" / "recipes.md").read_text()
 
 
 if __name__ == "__main__":

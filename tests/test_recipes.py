@@ -1,5 +1,6 @@
 """The recipe files: A1 fails clearly without data/weights and runs for real on tiny overrides."""
 
+import importlib.util
 import json
 import os
 import re
@@ -90,6 +91,38 @@ def test_quickstart_recipes_validate(tmp_path):
               quickstart["transfer_recipe"](distilled)):
         validate(apply_overrides(r, [f"teacher.checkpoint={weights}"]))
     assert distilled.student.name != distilled.teacher.name
+
+
+def quickstart_started(monkeypatch, capsys) -> tuple[str, str]:
+    """The first run the quickstart starts, and what it printed before: run_recipe stops it."""
+    spec = importlib.util.spec_from_file_location("quickstart", ROOT / "recipes" / "quickstart.py")
+    quickstart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quickstart)
+    started = []
+
+    def first_run(recipe, argv):
+        started.append((recipe.run.name, capsys.readouterr().out))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(quickstart, "run_recipe", first_run)
+    with pytest.raises(SystemExit):
+        quickstart.main([])
+    return started[0]
+
+
+def test_quickstart_prints_its_expected_time_before_it_starts(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # a fresh runs/: the teacher trains first
+    name, printed = quickstart_started(monkeypatch, capsys)
+    assert name == "teacher"
+    expected = re.search(r"expected time: about (\d+) minutes on 2 cores .* with nothing else "
+                         r"running \(teacher, alone, KD, KD\+transfer;", printed)
+    assert expected and 2 <= int(expected[1]) <= 4, printed
+    teacher = tmp_path / "runs" / "quickstart" / "teacher" / "export" / "student.safetensors"
+    teacher.parent.mkdir(parents=True)
+    teacher.touch()
+    name, printed = quickstart_started(monkeypatch, capsys)
+    assert name == "student_alone" and "(alone, KD, KD+transfer;" in printed, printed
+    assert int(re.search(r"about (\d+) minutes", printed)[1]) < int(expected[1])
 
 
 SCALEKD = runpy.run_path(str(ROOT / "recipes" / "scalekd_in1k.py"))
@@ -186,7 +219,7 @@ def test_quickstart_stopped_by_sigterm_ends_and_its_rerun_resumes(tmp_path):
     """SIGTERM to the quickstart's process group while the teacher trains: the teacher (and its
     2 loader workers) checkpoint and the whole script ends, status 0, without going on to the
     students; the same command again resumes the teacher where it stopped and finishes."""
-    tiny = ["data.source=synthetic", "data.num_samples=128", "data.labels_per_class=4",
+    tiny = ["data.source=synthetic", "data.num_samples=256", "data.labels_per_class=4",
             "data.batch_size=16", "data.eval_batch_size=64", "run.epochs=1"]
     command = [sys.executable, str(ROOT / "recipes" / "quickstart.py"), *tiny]
     runs, log = tmp_path / "runs" / "quickstart", tmp_path / "first.log"

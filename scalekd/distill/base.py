@@ -58,7 +58,7 @@ class Distiller(nn.Module):
     # teacher's feature maps in TeacherOutput.features; their __init__ takes FeatureShapes
     needs_features: ClassVar[bool] = False
     loss_terms: ClassVar[dict[str, float]] = {}  # term name -> default weight
-    # where the method comes in lists of methods shown to users (messages): the README's order;
+    # where the method comes in lists of methods shown to users (messages): docs/methods.md's order;
     # methods without one follow, in the order they register
     listed_at: ClassVar[float] = float("inf")
     # the method's own settings: a dataclass whose fields `distill.options.<field>=value` set,

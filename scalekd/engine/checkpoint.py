@@ -41,7 +41,7 @@ MARKER = "COMPLETE"
 # zlib's CRC-32 of every file, in the marker: it catches damage (flipped or garbled bytes, a
 # hand-edited file), not tampering (whoever can edit a file can edit the marker), and of the
 # standard library's checksums it is the fastest but adler32, which is weaker on short files;
-# for its cost per GB see README (benchmarks/checkpoint_checksum.py)
+# for its cost per GB see docs/run-folder.md (benchmarks/checkpoint_checksum.py)
 CHECKSUM = "crc32"
 _CHUNK = 8 << 20
 # what a write that fails raises: OSError (ENOSPC, EDQUOT, EIO), torch's zip writer's

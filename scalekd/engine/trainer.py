@@ -312,8 +312,8 @@ def _set_torch_threads(recipe: Recipe) -> Optional[str]:
     when it changed torch's count, for the log. Auto leaves a core to each loader worker:
     every parallel op waits for its slowest thread, so one thread sharing its core with a
     worker (or any other busy process) stalls the whole step. On 2 cores beside 2 workers and
-    other load, 2 threads ran a 32 px KD step several times slower than 1 (README, against
-    timm's train.py). `accelerate launch` sets OMP_NUM_THREADS (1 per process on GPUs)."""
+    other load, 2 threads ran a 32 px KD step several times slower than 1 (docs/performance.md,
+    against timm's train.py). `accelerate launch` sets OMP_NUM_THREADS (1 per process on GPUs)."""
     if recipe.run.threads:
         torch.set_num_threads(recipe.run.threads)
         return None

@@ -136,7 +136,7 @@ def test_augment_processes_deliver_the_main_process_batches(betons):
 
 
 def test_resume_replays_randaugment_and_random_erasing(betons):
-    """README: on resume RandAugment and random erasing are bit-identical (a crop of the whole
+    """docs/data.md: on resume RandAugment and random erasing are bit-identical (a crop of the whole
     square image and no flip make FFCV's own decoding deterministic)."""
     r = recipe(betons, "aug.auto_augment=rand-m7-mstd0.5", "aug.re_prob=0.5",
                "aug.scale=(1.0,1.0)", "aug.ratio=(1.0,1.0)", "aug.hflip=0",

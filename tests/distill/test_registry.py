@@ -1,5 +1,5 @@
-"""A new method is one new file in scalekd/distill/ (README, "Adding a method: one file"): the
-package finds it without a list to edit, and its own options are checked and built."""
+"""A new method is one new file in scalekd/distill/ (docs/methods.md, "Adding a method: one
+file"): the package finds it without a list to edit, and its own options are checked and built."""
 
 import re
 import shutil
@@ -45,7 +45,7 @@ print("ok")
 
 
 def readme_method() -> str:
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "methods.md").read_text()
     return re.search(r"```python\n# scalekd/distill/logit_mse.py\n(.*?)```", readme, re.S)[1]
 
 

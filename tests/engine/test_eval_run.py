@@ -67,7 +67,7 @@ def test_bad_inputs_name_the_problem(trained_tiny_run, tmp_path):
 
 def test_eval_command_student_ema_weights_and_data_overrides(trained_tiny_run, tmp_path,
                                                              capsys):
-    """README's other `scalekd eval` flags: --student and --ema pick what the run evaluated
+    """docs/diagnostics.md's other `scalekd eval` flags: --student and --ema pick what the run evaluated
     as alone/eval_ema; --weights evaluates a given export; data.* overrides point it at other
     data (here: the first 32 validation images)."""
     final = json.loads((trained_tiny_run / "metrics.json").read_text())

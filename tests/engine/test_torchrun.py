@@ -18,7 +18,7 @@ TOL = 1e-5
 
 
 def torchrun_command(overrides: list[str], processes: int = 2) -> list[str]:
-    """What README.md tells a user to type, with the tiny run's helper script as the recipe."""
+    """What docs/recipes.md tells a user to type, with the tiny run's helper script as the recipe."""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
             "--master_port", str(free_port()), str(RUN_SCRIPT), *overrides]
 
