@@ -7,7 +7,7 @@ may see only 100 labels per class, three ways:
   KD+transfer   the same labels, plus the teacher's soft labels on the other 59,000 training
                 images, whose own labels stay unused (distillation's classic transfer set)
 
-and prints test top-1 for each. About 3 minutes on 2 idle CPU cores (it prints its estimate
+and prints test top-1 for each. About 5 minutes on 2 idle CPU cores (it prints its estimate
 first).
 
     python recipes/quickstart.py                 # overrides apply to the three student runs:
@@ -31,12 +31,11 @@ ROOT = "runs/quickstart"
 replace = dataclasses.replace
 FASHION_MNIST_TRAIN = 60_000
 # Seconds per training step at batch 128 and per run (start, evaluations, export) on 2 idle cores
-# of the AMD EPYC development machine: main-process CPU time (1 torch thread; the 2 loader workers
-# take the other core), measured on 2026-12-04 under load 10-14 (steps 5-44 of each run against
-# 4-step runs) and scaled by 0.7, the quiet/loaded ratio of the previous quickstart (11 minutes
-# quiet; its per-step CPU times measured the same way). docs/performance.md, "The quickstart's time".
-STEP_SECONDS = {"teacher": 0.174, "alone": 0.057, "KD": 0.111, "KD+transfer": 0.120}
-RUN_SECONDS = 0.0
+# of the AMD EPYC development machine (1 torch thread, the 2 loader workers on the other core):
+# each run's wall time in one quickstart from an empty runs/, 2026-12-04 12:38-12:43 UTC, load
+# average 1.2-1.6, less RUN_SECONDS, over its steps. docs/performance.md, "The quickstart's time".
+STEP_SECONDS = {"teacher": 0.308, "alone": 0.081, "KD": 0.176, "KD+transfer": 0.141}
+RUN_SECONDS = 8.0
 MEASURED_ON = "2 cores of an AMD EPYC"
 
 
