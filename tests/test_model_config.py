@@ -95,7 +95,7 @@ def test_the_trainer_normalises_for_the_student_and_renormalises_for_the_teacher
     """One training step with a hub student (48 px, its statistics) and a local-dir teacher
     (40 px, others): the training batches are normalised with the student's statistics, the
     teacher gets its own statistics and resolution."""
-    from scalekd.engine import trainer
+    from scalekd.engine import teachers, trainer
 
     cache, student = hub_student
     offline_hub(monkeypatch, cache)
@@ -111,9 +111,9 @@ def test_the_trainer_normalises_for_the_student_and_renormalises_for_the_teacher
         seen["teacher"] = real_teacher(*args, **kwargs)
         return seen["teacher"]
 
-    real_data, real_teacher = trainer.build_train_data, trainer.create_teacher
+    real_data, real_teacher = trainer.build_train_data, teachers.recipe_teacher
     monkeypatch.setattr(trainer, "build_train_data", build_train_data)
-    monkeypatch.setattr(trainer, "create_teacher", create_teacher)
+    monkeypatch.setattr(teachers, "recipe_teacher", create_teacher)
     trainer.train(apply_overrides(Recipe(), [
         "data.source=synthetic", "data.num_samples=8", "data.batch_size=4", "data.workers=0",
         "data.input_size=48", f"student.name={student}",
