@@ -257,8 +257,11 @@ def build_eval_loader(recipe: Recipe, images: LabelledImages, mean, std, rank: i
     per_rank = -(-len(images) // world_size)
     indices = list(range(rank, len(images), world_size))
     indices += [-1] * (per_rank - len(indices))
+    # persistent workers (as timm's loaders): forked once, at the first evaluation, not at
+    # every one; each fork of a process running gloo, OpenMP and loader threads risks a child
+    # stuck in os.fork() (seen once in 240 forks of tests/engine/test_stopping.py)
     return DataLoader(_Padded(images, transform, indices), batch_size=batch,
-                      num_workers=d.workers, shuffle=False,
+                      num_workers=d.workers, persistent_workers=d.workers > 0, shuffle=False,
                       generator=loader_generator(recipe.run.seed),
                       worker_init_fn=leave_signals_to_trainer)
 
