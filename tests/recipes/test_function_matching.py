@@ -81,7 +81,7 @@ def test_a_teacher_cache_is_refused_with_the_problem_and_the_fix(tmp_path, tiny_
         validate(apply_overrides(as_written, ["teacher.function_matching=true"]))
     [problem] = err.value.problems
     assert problem.startswith(REFUSED)
-    assert "Mixup/CutMix mix those two outputs" in problem
+    assert "a cached run mixes the two images' outputs" in problem
     assert "teacher.mode=online" in problem and "teacher.function_matching=false" in problem
     # nor is such a cache written for the recipe (`scalekd cache-teacher --recipe ...`)
     written = apply_overrides(FM(), shrunk(tmp_path / "run", tiny_teacher))

@@ -34,8 +34,8 @@ def replay_problems(recipe: Recipe) -> list[str]:
         problems.append(
             "teacher.function_matching=true cannot use a teacher cache: function matching "
             "trains the student on the teacher's outputs for the very Mixup'd images it sees, "
-            "but a cache holds the teacher's outputs on unmixed crops, and Mixup/CutMix mix "
-            "those two outputs, which is not what the teacher says about the mixed image; run "
+            "but a cache holds the teacher's outputs on unmixed crops, and a cached run mixes "
+            "the two images' outputs, which is not the teacher's output on the mixed image; run "
             "the teacher online (teacher.mode=online, the default), or set "
             "teacher.function_matching=false to distil from mixed cached outputs knowingly")
     return problems
