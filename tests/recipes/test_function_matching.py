@@ -35,6 +35,11 @@ def shrunk(run_dir: Path, teacher: Path) -> list[str]:
             "eval.teacher=false", f"run.dir={run_dir}", "run.max_steps=3", "run.log_every=1"]
 
 
+def test_the_recipe_as_users_run_it_validates():
+    """Its BiT teacher from the hub, ImageNet's place taken by synthetic images."""
+    validate(apply_overrides(FM(), ["data.source=synthetic", "data.num_samples=8192"]))
+
+
 def test_the_teacher_gets_the_students_mixed_batch_and_the_recipe_runs(tmp_path, tiny_teacher,
                                                                        monkeypatch):
     seen: dict[str, list[torch.Tensor]] = {"loader": [], "teacher": [], "student": []}
