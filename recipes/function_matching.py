@@ -14,8 +14,8 @@ example log's length). AdamW, cosine, gradient clipping at 1.
 The values are those of the authors' released configuration of the paper's ImageNet runs,
 big_vision's configs/proj/distill/bit_i1k.py; recipes/cards.toml [function_matching] cites each
 one. The teacher is the released one (timm's resnetv2_152x2_bit.goog_teacher_in21k_ft_in1k);
-the student a BiT R50x1 from scratch. Both take pixels in [-1, 1], so the teacher's input is
-the student's tensor itself. Where we differ, on purpose:
+the student a BiT R50x1 from scratch. Both take pixels in [-1, 1] at 224, so the teacher's input is
+the student's tensor itself (in teacher.dtype). Where we differ, on purpose:
   - weight decay 0.01: big_vision adds 0.0003 x the weights to the update after the learning
     rate (decoupled, not scaled by it); timm's AdamW multiplies its weight decay by the
     learning rate, and 0.01 x 0.03 = 0.0003;
