@@ -149,6 +149,12 @@ class TeacherCfg:
     # `scalekd cache-teacher` stored in `cache` (logit methods; scalekd.data.teacher_cache)
     mode: str = "online"
     cache: str = ""
+    # function matching (Beyer et al. 2022; recipes/function_matching.py): the students match
+    # the teacher's outputs on the very pixels they see, Mixup'd ones included, so the teacher
+    # must be asked about each mixed image. A teacher cache cannot be: it mixes its stored
+    # outputs on the two unmixed crops instead, so teacher.mode=cached (and `scalekd
+    # cache-teacher`) refuse this; the online teacher always gets the student's batch
+    function_matching: bool = False
 
 
 @dataclass

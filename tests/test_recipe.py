@@ -166,6 +166,7 @@ BAD_VALUES = {  # field -> (bad values, overrides that put it in play)
     "teacher.compile": (["true"], ["teacher.placement=zero3"]),
     "teacher.probe": (["/nope"], []), "teacher.mode": (["offline"], []),
     "teacher.cache": (["", "/nope"], ["teacher.mode=cached"]),
+    "teacher.function_matching": (["true"], ["teacher.mode=cached"]),
     "distill.method": (["crd"], []), "distill.temperature": (["0", "-1"], []),
     "distill.hard_loss": (["mse"], []), "distill.bce_target_thresh": (["1.5"], []),
     "distill.weights": (["{'kd':-1}", "{'kd':'high'}", "{'crd':1}"], []),
