@@ -67,7 +67,8 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     check_fresh_start(recipe)
     checkpoints = Checkpoints(recipe.run.path / "checkpoints", recipe.checkpoint.keep)
     resume_from, universal = _resume_point(recipe, checkpoints)
-    accelerator = build_accelerator(recipe, load_universal=universal)
+    accelerator = build_accelerator(recipe, load_universal=universal,
+                                    resuming=resume_from is not None)
     threads_note = _set_torch_threads(recipe)  # after accelerate's own multi-CPU choice
     set_seed(recipe.run.seed)
     previous = _open_run_folder(recipe, accelerator.is_main_process)
