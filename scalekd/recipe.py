@@ -78,6 +78,11 @@ class DataCfg:
     #                                order (e.g. (5, 6, 7, 8, 9)); (): all
     unlabelled: bool = False  # with labels_per_class: keep the other images, without labels,
     #                           as a transfer set that feeds only the distillation terms
+    # false: train on the training images alone, every label dropped (an imagefolder source
+    # reads every image under data.path/<train_split>, class folders or none), with a method
+    # that reads no labels or class logits (distill.method=features); the student has no
+    # classifier and nothing evaluates top-1 (`scalekd probe` the export instead)
+    labels: bool = True
     num_samples: int = 0  # synthetic source: images per split
     # a folder written by `scalekd mix`: its images join training, unlabelled (-1, so only the
     # distillation terms see them), half of every micro-batch (sampler.MixedBatches)

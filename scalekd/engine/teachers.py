@@ -87,8 +87,8 @@ def build_teacher(recipe: Recipe, specs: Iterable[Recipe], num_classes: int,
         return CachedTeacher()
     with torch.random.fork_rng():  # the teacher's (discarded) init draws no student RNG
         model = recipe_teacher(recipe, num_classes).to(device)
-    shapes = (model.enable_features(needs.proxy, device, needs.proxy_blocks) if needs.features
-              else None)
+    shapes = (model.enable_features(needs.proxy, device, needs.proxy_blocks, needs.summary)
+              if needs.features else None)
     if recipe.teacher.placement == "zero3":
         return ShardedTeacher(model, shapes, recipe)
     return OnlineTeacher(model, shapes)
