@@ -8,7 +8,7 @@ The encoder is benchmarks/probed_distillation.py's (a ViT, patch 8 on 32 px, 4 b
 128, trained supervised on classes 0-4 for 3 epochs; trained once and cached in
 runs/bench_probed/encoder, shared with that benchmark). The downstream task is classes 5-9
 with 100 labels per class. Per seed:
-- distilled: a ResNet-18 at half width (2.8M parameters) at 64 px, trained with
+- distilled: a ResNet-18 at quarter width (0.7M parameters) at 64 px, trained with
   `distill.method=features` (class token + patch tokens, linear heads) on all 30,000 training
   images of classes 5-9 with `data.labels=false`, then its export linear-probed
   (`scalekd probe`, pooled features) with the 100 labels per class;
@@ -37,7 +37,7 @@ from seed_table import print_seed_table  # benchmarks/ is on sys.path
 
 ROOT = "runs/bench_label_free"
 CNN = "resnet18"
-CNN_KWARGS = {"channels": (32, 64, 128, 256), "stem_width": 32}
+CNN_KWARGS = {"channels": (16, 32, 64, 128), "stem_width": 16}
 SIZE = 64  # a 2x2 final map for the patch term (a 1x1 map at 32 px would give it one vector)
 DATA = ["data.source=fashion_mnist", "data.train_split=train", "data.val_split=test",
         "data.classes=(5,6,7,8,9)", "data.workers=2", "data.eval_batch_size=500"]

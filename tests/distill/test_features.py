@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from scalekd.engine.saved_run import SavedRun
 from scalekd.engine.validation import validate
 from scalekd.models.teacher_stages import TeacherStages
 from scalekd.recipe import Recipe, RecipeError, apply_overrides
@@ -72,7 +73,12 @@ def test_trains_without_labels_and_the_loss_goes_down(tmp_path, flat_folder, tea
     assert result.metrics == {}  # no labels: nothing evaluates top-1
     weights = load_file(str(result.export))
     assert not any(k.startswith(("fc.", "head.")) for k in weights)  # no classifier
-    if extra == ():  # the export is what `scalekd probe` evaluates: a CNN's pooled features
+    if extra == ():
+        saved = SavedRun(tmp_path / "run")  # what scalekd eval / export / diagnose read
+        assert saved.num_classes == 0
+        with pytest.raises(ValueError, match="trained without labels"):
+            saved.images
+        # the export is what `scalekd probe` evaluates: a CNN's pooled features
         out = probe(apply_overrides(Recipe(), [
             f"teacher.name={student[0]}", f"teacher.kwargs={student[1]}",
             f"teacher.checkpoint={result.export}", f"student.name={student[0]}",
