@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from scalekd.distill.features import LinearPatchHead
 from scalekd.engine.saved_run import SavedRun
 from scalekd.engine.validation import validate
 from scalekd.models.teacher_stages import TeacherStages
@@ -156,3 +157,16 @@ def test_validation_refuses_what_needs_labels_before_compute(tmp_path):
     ]:
         found = problems(*bad)
         assert any(expected in p for p in found), (bad, found)
+
+
+@pytest.mark.parametrize("student_grid", [(2, 2), (4, 4), (7, 7)])
+def test_linear_head_puts_the_student_map_on_the_teacher_grid(student_grid):
+    """Coarser, equal and finer student maps all land on the teacher's 4x4 grid; the 1x1 conv
+    before the resize gives what resizing first would (bilinear weights sum to 1)."""
+    head = LinearPatchHead(6, 5, (4, 4))
+    x = torch.randn(2, 6, *student_grid)
+    out = head(x)
+    assert out.shape == (2, 5, 4, 4)
+    resized = torch.nn.functional.interpolate(x, size=(4, 4), mode="bilinear",
+                                              align_corners=False, antialias=True)
+    torch.testing.assert_close(out, head.proj(resized), rtol=1e-4, atol=1e-5)
