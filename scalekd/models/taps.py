@@ -175,3 +175,39 @@ class StudentTaps:
         _, maps = self.forward(model, images)
         model.train(was_training)
         return [tuple(m.shape[1:]) for m in maps]
+
+
+class EmbeddingTap:
+    """A timm model's pre-logits features: the input of its classifier (`get_classifier()`),
+    caught by a hook during the model's ordinary forward, so that the logits are those of that
+    forward and a ZeRO-3 engine or a DDP replica gathers its parameters as usual (calling
+    `forward_head(pre_logits=True)` would bypass the top module's call, and timm places the
+    head's dropout before or after that point depending on the family)."""
+
+    def __init__(self, model: nn.Module):
+        classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+        names = [name for name, m in model.named_modules() if m is classifier and name]
+        if not isinstance(classifier, nn.Module) or not names:
+            raise ValueError(f"{type(model).__name__} has no classifier module that timm's "
+                             "get_classifier() names: its pre-logits features cannot be read")
+        self.name = names[0]
+
+    def forward(self, model: nn.Module, images: torch.Tensor,
+                runner: Optional[nn.Module] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, pre-logits features) of one forward of `runner` (default `model`: a
+        wrapper that calls it, such as a DeepSpeed engine, may stand in)."""
+        with capture(model, inputs_of=[self.name]) as seen:
+            logits = (runner or model)(images)
+        args, _ = seen.inputs[self.name]
+        return logits, args[0].flatten(1)
+
+    @torch.no_grad()
+    def width(self, model: nn.Module, input_size: int) -> int:
+        """The pre-logits width, from one forward of a blank image in eval mode."""
+        was_training = model.training
+        model.eval()
+        images = torch.zeros(1, 3, input_size, input_size,
+                             device=next(model.parameters()).device)
+        _, embedding = self.forward(model, images)
+        model.train(was_training)
+        return embedding.shape[1]
