@@ -165,16 +165,23 @@ class StudentTaps:
             seen.outputs[e["module"]]) for e in self.entries]
         return logits, maps
 
-    @torch.no_grad()
     def shapes(self, model: nn.Module, input_size: int) -> list[tuple[int, int, int]]:
         """(C, H, W) of each tap, from one forward of a blank image in eval mode."""
-        was_training = model.training
-        model.eval()
+        _, maps = on_blank_image(model, input_size, self.forward)
+        return [tuple(m.shape[1:]) for m in maps]
+
+
+@torch.no_grad()
+def on_blank_image(model: nn.Module, input_size: int, forward):
+    """`forward(model, images)` on one blank image, the model in eval mode meanwhile."""
+    was_training = model.training
+    model.eval()
+    try:
         images = torch.zeros(1, 3, input_size, input_size,
                              device=next(model.parameters()).device)
-        _, maps = self.forward(model, images)
+        return forward(model, images)
+    finally:
         model.train(was_training)
-        return [tuple(m.shape[1:]) for m in maps]
 
 
 class EmbeddingTap:
@@ -201,13 +208,7 @@ class EmbeddingTap:
         args, _ = seen.inputs[self.name]
         return logits, args[0].flatten(1)
 
-    @torch.no_grad()
     def width(self, model: nn.Module, input_size: int) -> int:
         """The pre-logits width, from one forward of a blank image in eval mode."""
-        was_training = model.training
-        model.eval()
-        images = torch.zeros(1, 3, input_size, input_size,
-                             device=next(model.parameters()).device)
-        _, embedding = self.forward(model, images)
-        model.train(was_training)
+        _, embedding = on_blank_image(model, input_size, self.forward)
         return embedding.shape[1]
