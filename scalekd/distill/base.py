@@ -194,7 +194,7 @@ def unknown_method(name: str) -> str:
 def logit_methods() -> list[str]:
     """The methods that need a teacher's logits only (a teacher cache holds nothing more)."""
     return sorted((name for name, cls in DISTILLERS.items()
-                   if cls.needs_teacher and not cls.needs_features),
+                   if cls.needs_teacher and not (cls.needs_features or cls.needs_embedding)),
                   key=lambda name: DISTILLERS[name].listed_at)
 
 

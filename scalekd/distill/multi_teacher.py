@@ -96,7 +96,6 @@ class Standardiser(nn.Module):
 class MultiTeacher(Distiller):
     needs_embedding = True
     reads_teachers = True
-    listed_at = 7
     loss_terms = {"hard": 0.5, "kd": 0.5, "feature": 1.0}
     Options = MultiTeacherOptions
 
