@@ -27,8 +27,8 @@ from scalekd.engine.evaluate import evaluate
 from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog
 from scalekd.engine.optimisation import build_optimiser
-from scalekd.models import create_student
 from scalekd.engine.teachers import Teacher, TeacherOutputs
+from scalekd.models import create_student
 from scalekd.models.taps import EmbeddingTap, StudentTaps
 from scalekd.recipe import Recipe
 

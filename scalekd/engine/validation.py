@@ -21,7 +21,7 @@ from scalekd.data.loader import (batch_problems, data_setting_problems, train_da
 from scalekd.data.mix_folder import mixed_set_problems
 from scalekd.data.teacher_cache import cache_problems
 from scalekd.distill import DISTILLERS
-from scalekd.distill.base import (distill_setting_problems, distill_value_problems,
+from scalekd.distill.base import (Distiller, distill_setting_problems, distill_value_problems,
                                   logit_methods, unknown_method)
 from scalekd.engine.logging import tracker_problems
 from scalekd.engine.optimisation import (optim_range_problems, optim_value_problems,
@@ -50,7 +50,7 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
         problems.append(unknown_method(r.distill.method))
     elif method.needs_teacher:
         if method.reads_teachers:
-            problems += _several_teachers_problems(r)
+            problems += _several_teachers_problems(r, method)
         elif r.teacher.mode != "cached":  # a cached teacher is the cache's (cache_problems)
             problems += online_teacher_problems(r.teacher, r.distill.method)
         problems += method.settings_problems(r)
@@ -186,7 +186,7 @@ def _engine_zero_problems(r: Recipe, stage: int) -> list[str]:
     return problems
 
 
-def _several_teachers_problems(r: Recipe) -> list[str]:
+def _several_teachers_problems(r: Recipe, method: type[Distiller]) -> list[str]:
     """recipe.teachers for a method that reads several teachers: present, alone (teacher.*
     left at its defaults), and each teacher valid as teacher.* is for one."""
     if not r.teachers:
@@ -203,7 +203,7 @@ def _several_teachers_problems(r: Recipe) -> list[str]:
         cfgs = teacher_cfgs(r)
     except RecipeError as err:
         return problems + err.problems
-    problems += teachers_problems(cfgs, r.distill.method, embedding=True)
+    problems += teachers_problems(cfgs, r.distill.method, method.teacher_needs(r).embedding)
     return problems + weights_file_problems({f"teachers.{name}.checkpoint": cfg.checkpoint
                                              for name, cfg in cfgs.items()})
 

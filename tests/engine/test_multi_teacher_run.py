@@ -7,7 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers.runs import STOCHASTIC, TINY_VIT, exported, scalars, train_in_process
+from helpers.runs import (STOCHASTIC, TINY_VIT, exported, launch_command, run, scalars,
+                          train_in_process)
 from scalekd.distill.multi_teacher import Standardiser
 
 TEACHERS = ("vit", "cnn")
@@ -83,3 +84,20 @@ def test_a_stopped_two_teacher_run_resumes_bit_exactly_without_refitting(whole, 
     for tag in ("loss/total", "loss/feature.cnn", "loss/kd.vit"):
         assert after[tag][8] == before[tag][8], tag
     assert resumed.metrics == whole.metrics
+
+
+@pytest.mark.multiprocess
+def test_two_ddp_processes_fit_and_train_as_one(two_teachers):
+    """The standardisation is fitted over both processes' images (all-reduced), so two DDP
+    processes give one process's losses and evaluation (a ViT student: no BatchNorm)."""
+    folder, overrides = two_teachers
+    plain = ["distill.options.drop_teacher=0", "student.drop_path=0", "data.workers=0"]
+    one, two = folder / "one", folder / "two"
+    train_in_process(overrides(one, *plain))
+    run(launch_command(overrides(two, *plain), deepspeed=False), folder / "two.log", timeout=600)
+    ref, got = scalars(one), scalars(two)
+    for name in TEACHERS:
+        tag = f"loss/feature.{name}"
+        assert got[tag] == pytest.approx(ref[tag], rel=1e-5), tag
+    assert got["loss/total"] == pytest.approx(ref["loss/total"], rel=1e-5)
+    assert got["eval/top1"] == ref["eval/top1"]
