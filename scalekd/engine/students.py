@@ -53,8 +53,9 @@ class DistillationModel(nn.Module):
         if targets is None:
             return self.student(images).float()
         if self.embedding is not None:
+            # the embedding in the student's dtype: the distiller's heads are in it too
             logits, embedding = self.embedding.forward(self.student, images)
-            logits, features = logits.float(), {"student_embedding": embedding.float()}
+            logits, features = logits.float(), {"student_embedding": embedding}
         elif self.taps is None:
             logits, features = self.student(images).float(), {}
         else:

@@ -3,6 +3,8 @@ saved to files) distilled into one student (distill.method=multi_teacher): per-t
 metrics, the standardisation fitted before the first step and kept in the checkpoint, and a run
 stopped after step 3 and resumed ending bit for bit as the uninterrupted one, without refitting."""
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -86,18 +88,35 @@ def test_a_stopped_two_teacher_run_resumes_bit_exactly_without_refitting(whole, 
     assert resumed.metrics == whole.metrics
 
 
+LAUNCHES = {  # name: (DeepSpeed?, extra overrides)
+    "ddp": (False, []),
+    # a ZeRO-3 student with the CNN teacher in a ZeRO-3 engine of its own (slow: DeepSpeed's
+    # first launch on a machine compiles its comm op)
+    "zero3": (True, ["dist.zero_stage=3", "teachers.cnn.placement=zero3"]),
+}
+
+
 @pytest.mark.multiprocess
-def test_two_ddp_processes_fit_and_train_as_one(two_teachers):
-    """The standardisation is fitted over both processes' images (all-reduced), so two DDP
+@pytest.mark.parametrize("name", [
+    "ddp", pytest.param("zero3", marks=pytest.mark.slow)])
+def test_two_processes_fit_and_train_as_one(two_teachers, name):
+    """The standardisation is fitted over both processes' images (all-reduced), so two
     processes give one process's losses and evaluation (a ViT student: no BatchNorm)."""
     folder, overrides = two_teachers
     plain = ["distill.options.drop_teacher=0", "student.drop_path=0", "data.workers=0"]
-    one, two = folder / "one", folder / "two"
-    train_in_process(overrides(one, *plain))
-    run(launch_command(overrides(two, *plain), deepspeed=False), folder / "two.log", timeout=600)
+    one, two = folder / "one", folder / name
+    if not one.exists():
+        train_in_process(overrides(one, *plain))
+    deepspeed, extra = LAUNCHES[name]
+    run(launch_command(overrides(two, *plain, *extra), deepspeed), folder / f"{name}.log",
+        timeout=900)
     ref, got = scalars(one), scalars(two)
-    for name in TEACHERS:
-        tag = f"loss/feature.{name}"
+    for teacher in TEACHERS:
+        tag = f"loss/feature.{teacher}"
         assert got[tag] == pytest.approx(ref[tag], rel=1e-5), tag
     assert got["loss/total"] == pytest.approx(ref["loss/total"], rel=1e-5)
     assert got["eval/top1"] == ref["eval/top1"]
+    if name == "zero3":  # the CNN teacher (the one sharded) holds half its weights a rank
+        counts = json.loads((two / "sharding" / "rank1.json").read_text())["teacher"]
+        assert counts["zero3_params"] == counts["params"] > 0
+        assert counts["local"] <= counts["full"] / 2 + counts["params"]
