@@ -70,7 +70,7 @@ def teachers_overrides(names: list[str]) -> list[str]:
 
 
 def run(base: Recipe, label: str, names: list[str], seed: int, extra: list[str]) -> dict:
-    run_dir = Path(ROOT) / f"seed{seed}" / label
+    run_dir = Path(ROOT) / f"e{base.run.epochs}" / f"seed{seed}" / label
     if not (run_dir / "metrics.json").is_file():
         recipe = apply_overrides(base, [f"run.seed={seed}", f"run.dir={run_dir}",
                                         *teachers_overrides(names), *extra])
