@@ -37,7 +37,8 @@ def student_recipe(epochs: int) -> Recipe:
     """The quickstart's KD student run, with no teacher.* (each run sets its teachers.*)."""
     return apply_overrides(quickstart_v1.QUICKSTART["recipe"](), [
         f"run.dir={ROOT}/{{name}}", f"run.epochs={epochs}", "teacher.name=",
-        "teacher.checkpoint=", "teacher.dtype=bf16", "teacher.channels_last=false",
+        "teacher.checkpoint=", "teacher.kwargs={}", "teacher.dtype=bf16",
+        "teacher.channels_last=false",
         "distill.method=multi_teacher", "distill.weights={}",
         "eval.every_epochs=1000", "eval.teacher=false", "checkpoint.every_epochs=1000"])
 
@@ -55,7 +56,8 @@ def train_teacher(name: str, base: Recipe, epochs: int) -> float:
                                     f"teacher.kwargs={kwargs}", "teacher.dtype=fp32",
                                     "distill.weights={'hard':0.5,'kd':0.5}"])
         recipe = apply_overrides(quickstart_v1.QUICKSTART["teacher_recipe"](kd), [
-            f"run.dir={run_dir}", f"run.epochs={epochs}", "student.channels_last=false"])
+            f"run.dir={run_dir}", f"run.epochs={epochs}", "student.channels_last=false",
+            "data.labels_per_class=0"])  # every label
         run_recipe(recipe, [])
     return json.loads((run_dir / "metrics.json").read_text())["eval/top1"]
 

@@ -437,8 +437,12 @@ def _eval(args) -> None:
     from scalekd.engine.eval_run import evaluate_run, format_report, write_json
     from scalekd.engine.saved_run import SavedRun
 
-    run = SavedRun(args.run, args.overrides, args.student)
-    metrics = evaluate_run(run, args.weights, args.ema, args.teacher, tuple(args.labels))
+    try:
+        run = SavedRun(args.run, args.overrides, args.student)
+        metrics = evaluate_run(run, args.weights, args.ema, args.teacher, tuple(args.labels))
+    except ValueError as err:  # e.g. a run without labels (data.labels=false)
+        print(f"scalekd eval: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(format_report(metrics))
     print(write_json(metrics, args.out or args.run / "eval.json"))
 

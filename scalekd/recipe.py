@@ -78,6 +78,11 @@ class DataCfg:
     #                                order (e.g. (5, 6, 7, 8, 9)); (): all
     unlabelled: bool = False  # with labels_per_class: keep the other images, without labels,
     #                           as a transfer set that feeds only the distillation terms
+    # false: train on the training images alone, every label dropped (an imagefolder source
+    # reads every image under data.path/<train_split>, class folders or none), with a method
+    # that reads no labels or class logits (distill.method=features); the student has no
+    # classifier and nothing evaluates top-1 (`scalekd probe` the export instead)
+    labels: bool = True
     num_samples: int = 0  # synthetic source: images per split
     # a folder written by `scalekd mix`: its images join training, unlabelled (-1, so only the
     # distillation terms see them), half of every micro-batch (sampler.MixedBatches)
@@ -149,6 +154,12 @@ class TeacherCfg:
     # `scalekd cache-teacher` stored in `cache` (logit methods; scalekd.data.teacher_cache)
     mode: str = "online"
     cache: str = ""
+    # function matching (Beyer et al. 2022; recipes/function_matching.py): the students match
+    # the teacher's outputs on the very pixels they see, Mixup'd ones included, so the teacher
+    # must be asked about each mixed image. A teacher cache cannot be: it mixes its stored
+    # outputs on the two unmixed crops instead, so teacher.mode=cached (and `scalekd
+    # cache-teacher`) refuse this; the online teacher always gets the student's batch
+    function_matching: bool = False
 
 
 @dataclass

@@ -148,6 +148,7 @@ BAD_VALUES = {  # field -> (bad values, overrides that put it in play)
     "data.batch_size": (["0", "-16"], []), "data.grad_accum": (["0"], []),
     "data.device_batch": (["-1"], []), "data.eval_batch_size": (["-1"], []),
     "data.workers": (["-1"], []), "data.input_size": (["4"], []),
+    "data.labels": (["false"], []),  # with kd, which reads labels and class logits
     "data.labels_per_class": (["-3"], []), "data.classes": (["(-1,)", "(3,3)", "(10,)"], []),
     "data.num_samples": (["0"], []), "data.mixed": (["/nope"], []),
     "data.bad_files": (["ignore"], []), "data.augment_workers": (["-2"], []),
@@ -166,6 +167,7 @@ BAD_VALUES = {  # field -> (bad values, overrides that put it in play)
     "teacher.compile": (["true"], ["teacher.placement=zero3"]),
     "teacher.probe": (["/nope"], []), "teacher.mode": (["offline"], []),
     "teacher.cache": (["", "/nope"], ["teacher.mode=cached"]),
+    "teacher.function_matching": (["true"], ["teacher.mode=cached"]),
     "distill.method": (["crd"], []), "distill.temperature": (["0", "-1"], []),
     "distill.hard_loss": (["mse"], []), "distill.bce_target_thresh": (["1.5"], []),
     "distill.weights": (["{'kd':-1}", "{'kd':'high'}", "{'crd':1}"], []),

@@ -25,8 +25,10 @@ SHOWN = 5  # bad paths listed in a message
 
 
 class ImageFolderSource(LabelledImages):
-    def __init__(self, root: Path, bad_files: str = "error"):
-        self.classes, self.samples, non_images = scan(Path(root))
+    def __init__(self, root: Path, bad_files: str = "error", labels: bool = True):
+        # without labels (data.labels=false): every image under root, class folders or none
+        self.classes, self.samples, non_images = scan(Path(root)) if labels else scan_images(
+            Path(root))
         self.targets = [label for _, label in self.samples]
         if non_images:
             shown = ", ".join(str(p) for p in non_images[:SHOWN])
@@ -47,6 +49,13 @@ class ImageFolderSource(LabelledImages):
 
     @staticmethod
     def check(cfg: DataCfg) -> list[str]:
+        if not cfg.labels:
+            if not cfg.path or not (Path(cfg.path) / cfg.train_split).is_dir():
+                return [f"data.labels=false: data.path={cfg.path!r} has no {cfg.train_split}/ "
+                        "folder: point data.path at a folder holding <train_split>/ with the "
+                        "images (flat or in sub-folders; data.train_split=. reads data.path "
+                        "itself)"]
+            return []
         if not cfg.path:
             return ["data.path is not set: pass data.path=/path/to/imagenet (a folder holding "
                     f"{cfg.train_split}/ and {cfg.val_split}/ with one sub-folder per class)"]
@@ -60,8 +69,8 @@ class ImageFolderSource(LabelledImages):
 
     @staticmethod
     def load(cfg: DataCfg, split: str) -> "ImageFolderSource":
-        data = ImageFolderSource(Path(cfg.path) / split, cfg.bad_files)
-        if split != cfg.train_split:
+        data = ImageFolderSource(Path(cfg.path) / split, cfg.bad_files, cfg.labels)
+        if split != cfg.train_split and cfg.labels:
             train_classes, _ = find_classes(Path(cfg.path) / cfg.train_split)
             check_same_classes(data.classes, train_classes, split, cfg.train_split)
         return data
@@ -99,6 +108,22 @@ def scan(root: Path) -> tuple[list[str], list[tuple[str, int]], list[Path]]:
             "or remove the folder from every split (an empty class would shift the labels of "
             "every later class)")
     return classes, samples, non_images
+
+
+def scan_images(root: Path) -> tuple[list[str], list[tuple[str, int]], list[Path]]:
+    """`scan` without classes: every image under root (label -1), sub-folders or none; no image
+    at all is an error."""
+    samples, non_images = [], []
+    for folder, _, files in sorted(os.walk(root, followlinks=True)):
+        for file in sorted(files):
+            path = Path(folder) / file
+            if has_file_allowed_extension(file, IMG_EXTENSIONS):
+                samples.append((str(path), -1))
+            else:
+                non_images.append(path)
+    if not samples:
+        raise ValueError(f"{root} holds no image (extensions {', '.join(IMG_EXTENSIONS)})")
+    return [], samples, non_images
 
 
 def check_same_classes(classes: list[str], train_classes: list[str], split: str,

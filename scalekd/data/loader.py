@@ -120,6 +120,29 @@ def unlabelled_problems(recipe: Recipe, distils: bool) -> list[str]:
     return problems
 
 
+def labels_problems(recipe: Recipe, needs_classes: bool) -> list[str]:
+    """data.labels=false: what reads labels or classes cannot run."""
+    d, a, r = recipe.data, recipe.aug, recipe
+    if d.labels:
+        return []
+    checks = [
+        (not needs_classes,
+         f"data.labels=false: the images have no labels, and distill.method="
+         f"{r.distill.method!r} as set reads labels or class logits; use distill.method=features"
+         ", or distill.method=scalekd with distill.weights.kd=0 and distill.hard_loss=none"),
+        (not d.labels_per_class and not d.unlabelled,
+         "data.labels=false drops every label: data.labels_per_class and data.unlabelled do not "
+         "apply; set them to 0 and false"),
+        (a.mixup == 0 and a.cutmix == 0,
+         "data.labels=false: Mixup/CutMix mix labels; set aug.mixup=0 aug.cutmix=0"),
+        (not r.teacher.probe,
+         "data.labels=false: a probed teacher (teacher.probe) predicts classes; give the "
+         "encoder alone (teacher.name + teacher.checkpoint)"),
+        (not d.mixed, "data.labels=false: data.mixed does not apply (every image is unlabelled)"),
+    ]
+    return [msg for ok, msg in checks if not ok]
+
+
 def data_setting_problems(recipe: Recipe) -> list[str]:
     d, a = recipe.data, recipe.aug
     checks = [
@@ -178,7 +201,8 @@ def build_train_data(recipe: Recipe, images: LabelledImages, mean, std, rank: in
     data.uint8, else on the CPU) and labels, in the order of EpochBatches (MixedBatches with
     data.mixed)."""
     d, a = recipe.data, recipe.aug
-    images = keep_labelled(images, d.labels_per_class, d.unlabelled)
+    images = (keep_labelled(images, d.labels_per_class, d.unlabelled) if d.labels
+              else drop_labels(images))
     batch, accum = per_process_batch(recipe, world_size), grad_accum_steps(recipe, world_size)
     cached = recipe.teacher.mode == "cached"  # replays the crops of a teacher cache
     if d.mixed:  # half of every micro-batch real, half synthetic (label -1)
@@ -257,8 +281,11 @@ def build_eval_loader(recipe: Recipe, images: LabelledImages, mean, std, rank: i
     per_rank = -(-len(images) // world_size)
     indices = list(range(rank, len(images), world_size))
     indices += [-1] * (per_rank - len(indices))
+    # persistent workers (as timm's loaders): forked once, at the first evaluation, not at
+    # every one; each fork of a process running gloo, OpenMP and loader threads risks a child
+    # stuck in os.fork() (seen once in 240 forks of tests/engine/test_stopping.py)
     return DataLoader(_Padded(images, transform, indices), batch_size=batch,
-                      num_workers=d.workers, shuffle=False,
+                      num_workers=d.workers, persistent_workers=d.workers > 0, shuffle=False,
                       generator=loader_generator(recipe.run.seed),
                       worker_init_fn=leave_signals_to_trainer)
 
@@ -310,6 +337,14 @@ def keep_labelled(images: LabelledImages, per_class: int,
         relabelled[labelled] = targets[labelled]
         return _Subset(images, list(range(len(targets))), relabelled.tolist())
     return _Subset(images, labelled.tolist(), targets[labelled].tolist())
+
+
+def drop_labels(images: LabelledImages) -> LabelledImages:
+    """Every image with label -1 and no classes (data.labels=false): the student is built
+    without a classifier."""
+    subset = _Subset(images, list(range(len(images))), [-1] * len(images))
+    subset.classes = []
+    return subset
 
 
 class _Subset(LabelledImages):

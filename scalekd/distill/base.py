@@ -89,6 +89,13 @@ class Distiller(nn.Module):
         no teacher). Default: the logits, and the feature maps for methods on features."""
         return TeacherNeeds(features=cls.needs_features) if cls.needs_teacher else None
 
+    @classmethod
+    def needs_classes(cls, recipe: Recipe) -> bool:
+        """Whether the method reads labels or class logits (the student's, the teacher's):
+        methods that read neither train on images without labels (data.labels=false), whose
+        student has no classifier. Default: yes."""
+        return True
+
     def forward(self, student_logits: torch.Tensor, teacher: Optional[TeacherOutput],
                 targets: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError

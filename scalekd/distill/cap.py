@@ -35,6 +35,11 @@ def cap_norm(student_class: str) -> str:
     return "layernorm" if student_class.startswith("SwinTransformer") else "batchnorm"
 
 
+def fitted_heads(width: int, wanted: int) -> int:
+    """The largest head count <= wanted that divides the width (tiny test models)."""
+    return next(h for h in range(min(wanted, width), 0, -1) if width % h == 0)
+
+
 class CrossAttentionProjector(nn.Module):
     def __init__(self, in_chs: int, student_grid: tuple[int, int], out_chs: int,
                  query_grid: tuple[int, int], heads: int, softmax_scale: float = 5.0,

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from scalekd.distill.base import Distiller, FeatureShapes, register_distiller
-from scalekd.distill.cap import CAP_NORMS, CrossAttentionProjector, cap_norm
+from scalekd.distill.cap import CAP_NORMS, CrossAttentionProjector, cap_norm, fitted_heads
 from scalekd.distill.dfm import FrequencyMimicLoss, spatial_mimic_loss
 from scalekd.distill.kd import kd_loss
 from scalekd.models.taps import map_to_tokens, tokens_to_map
@@ -35,11 +35,6 @@ AUTHORS_HEADS = {"ResNet": (16, 24), "ConvNeXt": (8, 16), "SwinTransformer": (24
 class SpatialMimicLoss(nn.Module):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         return spatial_mimic_loss(student, teacher)
-
-
-def fitted_heads(width: int, wanted: int) -> int:
-    """The largest head count <= wanted that divides the width (tiny test models)."""
-    return next(h for h in range(min(wanted, width), 0, -1) if width % h == 0)
 
 
 @register_distiller("scalekd")
@@ -109,9 +104,17 @@ class ScaleKD(Distiller):
                             "and distill.dfm_beta; remove them from distill.weights")
         return problems
 
+    @classmethod
+    def needs_classes(cls, recipe: Recipe) -> bool:
+        """Without KD and label terms (distill.weights.kd=0, distill.hard_loss=none) ScaleKD
+        is feature mimicking alone: it trains on images without labels (data.labels=false)."""
+        weights = {**cls.loss_terms, **recipe.distill.weights}
+        return weights["kd"] > 0 or (recipe.distill.hard_loss != "none" and weights["hard"] > 0)
+
     def forward(self, student_logits, teacher, targets, student_features):
-        terms = {"kd": kd_loss(student_logits, teacher.logits, self.temperature),
-                 **self.hard_term(student_logits, targets)}
+        terms = self.hard_term(student_logits, targets)
+        if self.weights["kd"]:  # at 0 not computed: a headless run has no class logits
+            terms["kd"] = kd_loss(student_logits, teacher.logits, self.temperature)
         target = teacher.features["final"]
         s3_map, s4_map = student_features
         for view, mimic in self.mimics.items():

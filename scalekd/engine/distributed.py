@@ -36,8 +36,10 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def build_accelerator(recipe: Recipe, load_universal: bool = False) -> Accelerator:
-    """`load_universal`: the run resumes from a DeepSpeed universal checkpoint."""
+def build_accelerator(recipe: Recipe, load_universal: bool = False,
+                      resuming: bool = False) -> Accelerator:
+    """`load_universal`: the run resumes from a DeepSpeed universal checkpoint; `resuming`: from
+    a checkpoint (its trackers continue the earlier jobs' W&B and MLflow runs)."""
     stage = resolved_zero_stage(recipe)
     on_cpu = not torch.cuda.is_available()
     handlers, plugin = [], None
@@ -62,7 +64,7 @@ def build_accelerator(recipe: Recipe, load_universal: bool = False) -> Accelerat
         gradient_accumulation_steps=grad_accum_steps(recipe, launched_world_size()),
         deepspeed_plugin=plugin,
         kwargs_handlers=handlers,
-        log_with=run_trackers(recipe),  # run.log_with, one run per student
+        log_with=run_trackers(recipe, resuming),  # run.log_with, one run per student
     )
 
 

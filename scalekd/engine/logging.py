@@ -8,9 +8,12 @@ its own, all logging the same tags, so that their curves overlay.
 from __future__ import annotations
 
 import importlib.util
+import json
+import netrc
 import os
 import resource
 import sys
+import uuid
 from pathlib import Path
 from typing import Optional, Sequence
 from urllib.parse import urlparse
@@ -20,13 +23,17 @@ from accelerate import Accelerator, PartialState
 from accelerate.tracking import GeneralTracker, MLflowTracker, TensorBoardTracker, WandBTracker
 from tqdm.auto import tqdm
 
-from scalekd.recipe import Recipe, RunCfg, student_recipes
+from scalekd.files import write_text_atomically
+from scalekd.recipe import Recipe, RunCfg, flat_items, student_recipes
 
 TRACKERS = {"tensorboard": "TensorBoard", "wandb": "W&B", "mlflow": "MLflow"}  # run.log_with
 PROJECT = "scalekd"  # the W&B project and the MLflow experiment (WANDB_PROJECT and
 #                      MLFLOW_EXPERIMENT_NAME override it)
 INSTALL = ("pip install -c constraints.txt -e '.[track]' (or SCALEKD_EXTRAS=track bash "
            "scripts/setup.sh)")
+# in the run folder: each student's W&B and MLflow run ids, so that the jobs of a resumed run
+# log into the runs its first job opened
+TRACKER_RUNS = "trackers.json"
 
 
 def tracker_names(run: RunCfg) -> list[str]:
@@ -47,7 +54,27 @@ def tracker_problems(run: RunCfg) -> list[str]:
     problems += [f"run.log_with={run.log_with}: {n} is not installed: {INSTALL}" for n in missing]
     if "mlflow" in names and "mlflow" not in missing:
         problems += _mlflow_store_problems()
+    if "wandb" in names and "wandb" not in missing:
+        problems += _wandb_login_problems()
     return problems
+
+
+def _wandb_login_problems() -> list[str]:
+    """W&B online needs credentials, which it would otherwise ask for (or refuse without a
+    terminal) when the trackers start, after the models are built: an API key or identity token
+    in the environment, or the netrc entry `wandb login` writes for the server's host."""
+    if (os.environ.get("WANDB_MODE", "").lower() in ("offline", "disabled", "dryrun")
+            or os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE")):
+        return []
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        if netrc.netrc(os.environ.get("NETRC")).authenticators(host):
+            return []
+    except (OSError, netrc.NetrcParseError):
+        pass  # no netrc file (or one netrc cannot read): no login found there
+    return [f"run.log_with has wandb, but no W&B login was found for {host}: run `wandb login` "
+            "(or set WANDB_API_KEY), or log offline with WANDB_MODE=offline and `wandb sync` "
+            "later"]
 
 
 def _mlflow_store_problems() -> list[str]:
@@ -70,28 +97,71 @@ def _mlflow_store_problems() -> list[str]:
     return []
 
 
-def run_trackers(recipe: Recipe) -> list[GeneralTracker]:
+def run_trackers(recipe: Recipe, resuming: bool = False) -> list[GeneralTracker]:
     """accelerate's trackers of a run, for `Accelerator(log_with=...)`: for each student (in
     `student_recipes` order) one of each `run.log_with` tracker, in that order (RunLog groups
     them back by it). TensorBoard: the recipe's own student and the run-wide scalars in
     `<run.dir>/tb`, student NAME in `<run.dir>/tb/NAME`. W&B: runs `<run.name>` and
     `<run.name>/NAME` in the group `<run.name>`, their files in `<run.dir>/wandb`. MLflow: runs of
-    those names, the students' nested in the recipe's student's."""
+    those names, the students' nested in the recipe's student's. `resuming` (from a checkpoint):
+    the W&B and MLflow runs of the run's earlier jobs (`TRACKER_RUNS`) are continued."""
     run, names = recipe.run, tracker_names(recipe.run)
+    earlier = tracker_runs(run.path) if resuming else {}
     trackers: list[GeneralTracker] = []
     for student, own in student_recipes(recipe).items():
         title = f"{run.name}/{student}" if student else run.name
+        ids = earlier.get(student, {})
         for name in names:
             if name == "tensorboard":
                 trackers.append(TensorBoardTracker(student, run.path / "tb"))
             elif name == "wandb":
-                # several runs open at once (reinit), each with its student's own recipe
+                # several runs open at once (reinit), each with its student's own recipe; an id
+                # of our own, so that a later job resumes this very run
                 trackers.append(WandBTracker(os.environ.get("WANDB_PROJECT", PROJECT), name=title,
                                              group=run.name, dir=str(run.path),
-                                             config=own.to_dict(), reinit="create_new"))
+                                             config=own.to_dict(), reinit="create_new",
+                                             id=ids.get("wandb") or uuid.uuid4().hex[:12],
+                                             resume="allow"))
             else:
-                trackers.append(MLflowTracker(PROJECT, run_name=title, nested_run=bool(student)))
+                trackers.append(_MLflowRun(own, PROJECT, run_name=title,
+                                           nested_run=bool(student), run_id=ids.get("mlflow")))
     return trackers
+
+
+class _MLflowRun(MLflowTracker):
+    """accelerate's MLflow tracker, with the student's recipe as the run's parameters. MLflow's
+    own parameter call (what accelerate's `store_init_configuration` makes) logs to the innermost
+    open run, and a multi-student run has several open: these go to this run, by its id."""
+
+    def __init__(self, recipe: Recipe, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.params = {key: str(value)[:6000] for key, value in flat_items(recipe.to_dict())}
+
+    def start(self) -> None:
+        resumed = self.run_id is not None
+        super().start()
+        if resumed:  # logged by the first job; MLflow refuses a parameter's second value
+            return
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
+
+        params = [Param(key, value) for key, value in self.params.items()]
+        for i in range(0, len(params), 100):  # MLflow takes at most 100 per call
+            MlflowClient().log_batch(self.active_run.info.run_id, params=params[i:i + 100])
+
+
+def tracker_runs(run_dir: Path) -> dict[str, dict[str, str]]:
+    """Student -> {"wandb": id, "mlflow": run id} of the run's earlier jobs ({}: none)."""
+    path = run_dir / TRACKER_RUNS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _save_tracker_runs(run_dir: Path, runs: dict[str, list[GeneralTracker]]) -> None:
+    ids = {student: {t.name: (t.run.id if t.name == "wandb" else t.active_run.info.run_id)
+                     for t in trackers if t.name in ("wandb", "mlflow")}
+           for student, trackers in runs.items()}
+    if any(ids.values()):
+        write_text_atomically(run_dir / TRACKER_RUNS, json.dumps(ids, indent=1) + "\n")
 
 
 class RunLog:
@@ -121,6 +191,8 @@ class RunLog:
             trackers = accelerator.trackers
         per = len(trackers) // len(students)
         self.runs = {s: trackers[i * per:(i + 1) * per] for i, s in enumerate(students)}
+        if accelerator is not None:
+            _save_tracker_runs(folder.parent, self.runs)  # folder is the run folder's tb/
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         parts: dict[str, dict[str, float]] = {}

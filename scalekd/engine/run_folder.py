@@ -16,8 +16,10 @@ from scalekd.recipe import Recipe, RecipeError
 
 FINISHED = "FINISHED"  # marker file in the run folder once the whole schedule is done
 STOPPED = "STOPPED"  # the record of a clean early stop (scalekd/engine/stopping.py)
-# what a run writes (wandb: W&B's files, run.log_with=...,wandb)
-OUTPUTS = ("checkpoints", "export", "tb", "wandb", "metrics.json", FINISHED, STOPPED)
+# what a run writes (wandb: W&B's files, run.log_with=...,wandb; trackers.json: the W&B and
+# MLflow run ids, engine/logging.TRACKER_RUNS)
+OUTPUTS = ("checkpoints", "export", "tb", "wandb", "trackers.json", "metrics.json", FINISHED,
+           STOPPED)
 ASIDE = ".tmp-old-"  # outputs of a previous run being removed
 
 

@@ -49,13 +49,18 @@ class SavedRun:
     @property
     def images(self) -> LabelledImages:
         """The evaluation split."""
+        if not self.recipe.data.labels:
+            raise ValueError(
+                f"{self.folder} trained without labels (data.labels=false): it has no labelled "
+                "evaluation split; linear-probe its export with `scalekd probe` "
+                "(docs/label-free.md), or pass data.labels=true and a labelled data.path")
         if self._images is None:
             self._images = load_split(self.recipe.data, self.recipe.data.val_split)
         return self._images
 
     @property
     def num_classes(self) -> int:
-        return len(self.images.classes)
+        return len(self.images.classes) if self.recipe.data.labels else 0  # 0: headless
 
     def loader(self) -> DataLoader:
         """The evaluation split in order (image i of the split is item i), one process."""

@@ -122,8 +122,8 @@ def build_teacher(recipe: Recipe, specs: Iterable[Recipe], num_classes: int,
             members[name] = _online(model, None, recipe, cfg)
         return MultiTeacher(members, widths if needs.embedding else None)
     model = _model(recipe, num_classes, device, recipe.teacher)
-    shapes = (model.enable_features(needs.proxy, device, needs.proxy_blocks) if needs.features
-              else None)
+    shapes = (model.enable_features(needs.proxy, device, needs.proxy_blocks, needs.summary)
+              if needs.features else None)
     return _online(model, shapes, recipe, recipe.teacher)
 
 

@@ -67,7 +67,8 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     check_fresh_start(recipe)
     checkpoints = Checkpoints(recipe.run.path / "checkpoints", recipe.checkpoint.keep)
     resume_from, universal = _resume_point(recipe, checkpoints)
-    accelerator = build_accelerator(recipe, load_universal=universal)
+    accelerator = build_accelerator(recipe, load_universal=universal,
+                                    resuming=resume_from is not None)
     threads_note = _set_torch_threads(recipe)  # after accelerate's own multi-CPU choice
     set_seed(recipe.run.seed)
     previous = _open_run_folder(recipe, accelerator.is_main_process)
@@ -108,7 +109,7 @@ class _Run:
     recipe: Recipe
     accelerator: Accelerator
     data: TrainData
-    val_loader: Iterable
+    val_loader: Optional[Iterable]  # None: no labels to evaluate (data.labels=false)
     teacher: Teacher
     students: Students
     checkpoints: Checkpoints
@@ -132,7 +133,10 @@ class _Run:
             if changes:
                 log.print("warning: the recipe differs from the run's previous start:\n  "
                           + "\n  ".join(changes))
-        if recipe.eval.teacher and self.step == 0:
+        if self.val_loader is None:
+            log.print("data.labels=false: no labels, so no top-1 evaluation; evaluate the "
+                      "export with a linear probe (scalekd probe, docs/label-free.md)")
+        elif recipe.eval.teacher and self.step == 0:
             metrics = self.teacher.evaluate(self.val_loader, self.accelerator)
             if metrics is not None:
                 log.scalars(0, {f"teacher/{k}": v for k, v in metrics.items()})
@@ -174,6 +178,8 @@ class _Run:
 
     def evaluate(self) -> dict[str, float]:
         self.nonfinite.check(self.accelerator, self.checkpoints.latest)
+        if self.val_loader is None:
+            return {}
         out = self.students.evaluate(self.val_loader)
         self.log.scalars(self.step, out)
         self.log.print(f"epoch {self.step / self.data.steps_per_epoch:.2f} step {self.step}: "
@@ -294,13 +300,15 @@ def _open_run_folder(recipe: Recipe, main: bool) -> Optional[dict]:
     return previous
 
 
-def _data(recipe: Recipe, accelerator: Accelerator) -> tuple[TrainData, Iterable]:
-    """This process's training batches and validation loader, normalised for the student (the
-    teacher re-normalises the same augmented pixels)."""
+def _data(recipe: Recipe, accelerator: Accelerator) -> tuple[TrainData, Optional[Iterable]]:
+    """This process's training batches and validation loader (None without labels),
+    normalised for the student (the teacher re-normalises the same augmented pixels)."""
     norm = data_config(recipe.student.name, recipe.student.kwargs)
     rank, world = accelerator.process_index, accelerator.num_processes
     data = build_train_data(recipe, load_split(recipe.data, recipe.data.train_split),
                             norm["mean"], norm["std"], rank, world, accelerator.device)
+    if not recipe.data.labels:
+        return data, None
     val_images = load_split(recipe.data, recipe.data.val_split)
     val_loader = build_eval_loader(recipe, val_images, norm["mean"], norm["std"], rank, world,
                                    device=accelerator.device)

@@ -16,8 +16,8 @@ import dataclasses
 from pathlib import Path
 
 from scalekd.data.classes import known_classes, source_problems
-from scalekd.data.loader import (batch_problems, data_setting_problems, train_data_problems,
-                                 unlabelled_problems)
+from scalekd.data.loader import (batch_problems, data_setting_problems, labels_problems,
+                                 train_data_problems, unlabelled_problems)
 from scalekd.data.mix_folder import mixed_set_problems
 from scalekd.data.teacher_cache import cache_problems
 from scalekd.distill import DISTILLERS
@@ -77,6 +77,8 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
     problems += source_problems(r.data)
     problems += batch_problems(r, world_size)
     problems += unlabelled_problems(r, distils)
+    if method is not None:
+        problems += labels_problems(r, method.needs_classes(r))
     per_step = world_size * max(grad_accum_steps(r, world_size), 1)
     problems += mixed_set_problems(r, distils, per_step)
 

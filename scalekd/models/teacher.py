@@ -29,7 +29,8 @@ from scalekd.recipe import Recipe, TeacherCfg
 class TeacherOutput:
     logits: torch.Tensor  # float32
     # with features enabled: "final" (the last stage after its norm) and "split" (where the
-    # proxy path starts), float32 NCHW maps
+    # proxy path starts), float32 NCHW maps; with the summary need also "summary", (B, C): the
+    # final class token (teacher_stages.summary_of)
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     proxy: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # TPP: split map -> final
     # with the embedding enabled: the (B, D) pre-logits features (the classifier's input), fp32
@@ -43,6 +44,9 @@ class TeacherNeeds:
     features: bool = False  # TeacherOutput.features: the "final" and "split" maps
     proxy: bool = False  # TeacherOutput.proxy: the teacher's own stages from split to final
     proxy_blocks: int = 0  # where the split is: the last N blocks (0: last stage or quarter)
+    # TeacherOutput.features["summary"]: the final class token after the norm (a model without
+    # one: its final map's mean), beside the patch map "final"; implies features
+    summary: bool = False
     embedding: bool = False  # TeacherOutput.embedding: the pre-logits features
 
 
@@ -57,7 +61,8 @@ def combined_needs(needs: Iterable[Optional[TeacherNeeds]]) -> Optional[TeacherN
     tapped = [n for n in wanted if n.features]
     if not tapped:
         return TeacherNeeds(embedding=embedding)
-    return TeacherNeeds(True, any(n.proxy for n in tapped), tapped[0].proxy_blocks, embedding)
+    return TeacherNeeds(True, any(n.proxy for n in tapped), tapped[0].proxy_blocks,
+                        any(n.summary for n in tapped), embedding)
 
 
 # the smallest normal float32: a class with no mass gets a finite log-probability, so that KL
@@ -96,7 +101,7 @@ class FrozenTeacher(nn.Module):
         self.engine = None  # a DeepSpeed inference engine when the teacher is sharded
         self.stages: Optional[TeacherStages] = None  # set by enable_features
         self.embedding_tap: Optional[EmbeddingTap] = None  # set by enable_embedding
-        self.with_proxy = False
+        self.with_proxy = self.with_summary = False
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
         return super().train(False)  # stays in eval mode: BN statistics and dropout frozen
@@ -126,7 +131,7 @@ class FrozenTeacher(nn.Module):
             if self.stages is None:
                 return TeacherOutput(logits=self.runner()(x).float())
             logits, features, proxy = self.stages.forward(self.model, self.runner(), x,
-                                                          self.with_proxy)
+                                                          self.with_proxy, self.with_summary)
         if proxy is not None:  # called later, by the distiller: on the same attention backend
             path = proxy
 
@@ -136,11 +141,13 @@ class FrozenTeacher(nn.Module):
         return TeacherOutput(logits.float(), features, proxy)
 
     def enable_features(self, with_proxy: bool, device: torch.device,
-                        proxy_blocks: int = 0) -> dict[str, tuple]:
-        """Return final (and split) feature maps from now on, and with `with_proxy` the proxy
-        path over the teacher's last `proxy_blocks` blocks (0: its last stage or quarter);
-        checks the proxy on a noise image first. Returns the maps' (C, H, W)."""
+                        proxy_blocks: int = 0, summary: bool = False) -> dict[str, tuple]:
+        """Return final (and split) feature maps from now on, with `summary` the final class
+        token, and with `with_proxy` the proxy path over the teacher's last `proxy_blocks`
+        blocks (0: its last stage or quarter); checks the proxy on a noise image first.
+        Returns the features' shapes without the batch: (C, H, W) of maps, (C,) of the summary."""
         self.stages, self.with_proxy = TeacherStages(self.model, proxy_blocks), with_proxy
+        self.with_summary = summary
         size = self.input_size or 224
         # noise, not a blank image (whose patches would all look alike); its own generator, so
         # that the global RNG the run is seeded with is not drawn from

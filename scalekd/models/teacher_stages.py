@@ -61,8 +61,10 @@ class TeacherStages:
         self.final_name = self.norm_name or prefix + self.last["module"]
 
     def forward(self, model: nn.Module, runner: Callable, images: torch.Tensor,
-                with_proxy: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], Optional[Proxy]]:
-        """The teacher's logits, its split and final maps (float32, NCHW), and the proxy."""
+                with_proxy: bool, summary: bool = False
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor], Optional[Proxy]]:
+        """The teacher's logits, its split and final maps (float32, NCHW), with `summary` the
+        final features' summary vector (`summary_of`), and the proxy."""
         hw = tuple(images.shape[-2:])
         with capture(model, outputs_of=[self.split_name, self.final_name],
                      inputs_of=[name for name, _ in self.remaining] if with_proxy else []) as seen:
@@ -74,6 +76,8 @@ class TeacherStages:
         final_layout = Layout.of(final_native, body, hw, self.last["reduction"])
         features = {"split": split_layout.to_map(split_native).float(),
                     "final": final_layout.to_map(final_native).float()}
+        if summary:
+            features["summary"] = summary_of(body, final_layout, final_native).float()
         if not with_proxy:
             return logits, features, None
         norm = model.get_submodule(self.norm_name) if self.norm_name else None
@@ -103,6 +107,15 @@ class TeacherStages:
                 f"{[n for n, _ in self.remaining]} (+ final norm {self.norm_name}) on its own "
                 f"'{self.split_name}' output does not reproduce its final features, so the "
                 "proxy path (TPP) would be wrong for it. Set distill.tpp=false for this teacher")
+
+
+def summary_of(body: nn.Module, layout: Layout, final: torch.Tensor) -> torch.Tensor:
+    """(B, C): the class token of the final tokens (after the norm: DINOv2's and DINOv3's
+    image embedding), or for a model without one (CNN, Swin, Mixer, a ViT without class
+    token) the mean of the final map over its grid. Register tokens are never the summary."""
+    if layout.fmt == "NLC" and layout.prefix and getattr(body, "cls_token", None) is not None:
+        return final[:, 0]  # timm puts the class token first, registers after it
+    return layout.to_map(final).mean(dim=(2, 3))
 
 
 def _check_last_stage(model: nn.Module, name: str, proxy_blocks: int) -> None:

@@ -7,6 +7,7 @@ import pytest
 
 from helpers.images import index_of, numbered_tree
 from scalekd.data import SOURCES, build_train_data
+from scalekd.data.imagefolder import ImageFolderSource
 from scalekd.data.source import UnreadableImage
 from scalekd.recipe import DataCfg, Recipe, apply_overrides
 
@@ -96,3 +97,24 @@ def test_skip_count_reaches_tensorboard(tree, tmp_path, tiny_run):
                               "data.bad_files=skip", "run.max_steps=2", "run.log_every=1"))
     counts = scalars(tmp_path / "run")["data/skipped"]
     assert sorted(counts) == [1, 2] and 1 <= counts[1] <= counts[2] <= 10
+
+
+def test_without_labels_reads_every_image_flat_or_nested_and_drops_the_classes(tree, tmp_path):
+    """data.labels=false: class folders are not labels, flat files count too, val/ is not
+    needed; the training set has no classes (a headless student) and every target is -1."""
+    shutil.rmtree(tree / "val")
+    shutil.copy(tree / "train" / "c0" / "0000.jpg", tree / "train" / "loose.jpg")
+    unlabelled = DataCfg(source="imagefolder", path=str(tree), labels=False)
+    assert ImageFolderSource.check(unlabelled) == []
+    images = ImageFolderSource.load(unlabelled, "train")
+    assert len(images) == 13 and set(images.targets) == {-1} and images.classes == []
+    recipe = apply_overrides(Recipe(), [f"data.path={tree}", "data.labels=false",
+                                        "data.input_size=32", "data.batch_size=4",
+                                        "data.workers=0"])
+    data = build_train_data(recipe, images, *NORM, 0, 1)
+    assert data.num_classes == 0
+    assert ImageFolderSource.check(DataCfg(source="imagefolder", path=str(tree))) != []  # no val/
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds no image"):
+        ImageFolderSource.load(DataCfg(source="imagefolder", path=str(tmp_path / "empty"),
+                                       labels=False), "train")

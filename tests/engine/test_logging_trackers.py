@@ -24,28 +24,33 @@ require_extra(None if all(importlib.util.find_spec(m) for m in ("wandb", "mlflow
 TWO_STUDENTS = ("students.alone.distill.method=supervised", "students.alone.distill.weights={}")
 
 
-def wandb_history(run_dir: Path) -> dict[str, dict[str, dict[int, float]]]:
-    """W&B run name -> tag -> {step: value}, from the offline runs' .wandb files (LevelDB log
-    records of wandb's protobuf `Record`s: 7-byte file header, 32 KiB blocks, 7-byte record
-    headers; a record split over blocks comes in FIRST, MIDDLE.., LAST pieces)."""
+def wandb_records(path: Path):
+    """The protobuf `Record`s of one offline run's .wandb file (LevelDB log records of wandb's
+    protobuf `Record`s: 7-byte file header, 32 KiB blocks, 7-byte record headers; a record split
+    over blocks comes in FIRST, MIDDLE.., LAST pieces)."""
     from wandb.proto import wandb_internal_pb2
 
+    data, pos, pieces = path.read_bytes(), 7, b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pieces += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST ends a record
+            yield wandb_internal_pb2.Record.FromString(pieces)
+            pieces = b""
+
+
+def wandb_history(run_dir: Path) -> dict[str, dict[str, dict[int, float]]]:
+    """W&B run name -> tag -> {step: value}, from the offline runs' .wandb files."""
     out = {}
     for path in (run_dir / "wandb").glob("offline-run-*/run-*.wandb"):
-        data, pos, pieces, name = path.read_bytes(), 7, b"", None
         history: dict[str, dict[int, float]] = {}
-        assert data[:4] == b":W&B"
-        while pos + 7 <= len(data):
-            if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
-                pos += 32768 - pos % 32768
-                continue
-            _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-            pieces += data[pos + 7:pos + 7 + length]
-            pos += 7 + length
-            if kind not in (1, 4):  # FULL or LAST ends a record
-                continue
-            record = wandb_internal_pb2.Record.FromString(pieces)
-            pieces = b""
+        name = None
+        for record in wandb_records(path):
             if record.HasField("run"):
                 name = record.run.display_name
             if record.HasField("history"):
@@ -111,6 +116,49 @@ def test_wandb_and_mlflow_log_what_tensorboard_logs_one_run_per_student(tiny_run
                                                                          stores):
     train_in_process(all_trackers(tiny_run, tmp_path / "run"))
     assert_trackers_hold_tensorboards_values(tmp_path / "run", stores)
+
+
+def test_a_resumed_run_logs_into_the_runs_its_first_job_opened(tiny_run, tmp_path, stores):
+    """A run stopped after 4 of its 8 steps and resumed: its second job continues each
+    student's W&B run (same id) and MLflow run (same run, every step once, the recipe's
+    parameters logged by the first job), rather than opening new ones."""
+    from mlflow import MlflowClient
+
+    run_dir = tmp_path / "run"
+    train_in_process([*all_trackers(tiny_run, run_dir), "run.steps_per_job=4"])
+    first = json.loads((run_dir / "trackers.json").read_text())
+    assert first.keys() == {"", "alone"}
+    train_in_process(all_trackers(tiny_run, run_dir))
+    assert json.loads((run_dir / "trackers.json").read_text()) == first
+    metrics = mlflow_metrics(stores)  # one run per name, or it fails
+    assert set(metrics) == {"pair", "pair/alone"}
+    assert metrics["pair"]["loss/total"].keys() == {2, 4, 6, 8}
+    assert metrics["pair"]["loss/total"] == pytest.approx(read_scalars(run_dir)["loss/total"])
+    client = MlflowClient(stores)
+    assert client.get_run(first[""]["mlflow"]).data.params["distill.method"] == "kd"
+    assert client.get_run(first["alone"]["mlflow"]).data.params["distill.method"] == "supervised"
+    jobs = sorted(record.run.run_id
+                  for path in (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+                  for record in wandb_records(path) if record.HasField("run"))
+    assert jobs == sorted([first[""]["wandb"], first["alone"]["wandb"]] * 2)  # 2 jobs each
+
+
+def test_wandb_online_without_a_login_is_refused_before_compute(tmp_path, monkeypatch):
+    for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine example.org login user password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    recipe = apply_overrides(Recipe(), [f"run.dir={tmp_path}", "run.log_with=wandb"])
+    with pytest.raises(RecipeError, match="no W&B login was found for api.wandb.ai: run `wandb "
+                                          "login`"):
+        validate(recipe)
+    netrc.write_text("machine api.wandb.ai login user password " + "0" * 40 + "\n")
+    assert run_logging.tracker_problems(recipe.run) == []  # `wandb login`'s entry
+    netrc.write_text("")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert run_logging.tracker_problems(recipe.run) == []
 
 
 @pytest.mark.multiprocess

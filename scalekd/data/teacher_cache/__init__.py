@@ -30,6 +30,14 @@ def replay_problems(recipe: Recipe) -> list[str]:
     if recipe.aug.interpolation == "random":
         problems.append("aug.interpolation=random is drawn per crop and not stored in a teacher "
                         "cache: choose one, e.g. aug.interpolation=bicubic")
+    if recipe.teacher.function_matching:
+        problems.append(
+            "teacher.function_matching=true cannot use a teacher cache: function matching "
+            "trains the student on the teacher's outputs for the very Mixup'd images it sees, "
+            "but a cache holds the teacher's outputs on unmixed crops, and a cached run mixes "
+            "the two images' outputs, which is not the teacher's output on the mixed image; run "
+            "the teacher online (teacher.mode=online, the default), or set "
+            "teacher.function_matching=false to distil from mixed cached outputs knowingly")
     return problems
 
 

@@ -15,7 +15,9 @@ with a small tail (sum_i p_i near 1) it is close.
 Mixup/CutMix: the teacher never sees the mixed image, so its soft label is the mix of the two
 images' distributions, p = lam p_a + (1 - lam) p_b, with the lambda (per batch, or per image in
 timm's elem mode) and the pairing (image i with image B-1-i) that mixed the pixels; the
-temperature then applies to the mixed distribution.
+temperature then applies to the mixed distribution. That is not the teacher's output on the
+mixed image (its function is not linear), which function matching needs: a recipe with
+teacher.function_matching=true refuses the cache (replay_problems).
 
 Memory: the dense (batch, C) float32 labels are built on the device per micro-batch: 1 MB for
 batch 256 at C = 1000, 22 MB at C = 21,841 (ImageNet-21k teachers), the size of the student's
