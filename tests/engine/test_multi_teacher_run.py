@@ -67,6 +67,13 @@ def test_the_fitted_standardisation_is_in_the_checkpoint_not_the_export(whole):
     assert not any("distiller" in k for k in exported(whole.run_dir))  # a plain timm student
 
 
+def test_scalekd_eval_compares_with_the_main_teacher(whole):
+    from scalekd.engine.saved_run import SavedRun
+
+    teacher = SavedRun(whole.run_dir).teacher()  # what `scalekd eval --teacher` runs
+    assert type(teacher.model).__name__ == "VisionTransformer"  # vit, the first listed
+
+
 def test_a_stopped_two_teacher_run_resumes_bit_exactly_without_refitting(whole, two_teachers,
                                                                           monkeypatch):
     folder, overrides = two_teachers
