@@ -5,7 +5,7 @@
 
 The quickstart's setting (recipes/quickstart.py): MobileNetV3-small-050 student, 100 labels per
 class, 32 px. Two teachers trained here once on every label (cached in runs/multi_teacher_fmnist):
-the quickstart's ResNet-10-T and a 4-block ViT-Ti with 8 px patches, 1 epoch each.
+a ResNet-10-T (timm's default stem) and a 4-block ViT-Ti with 8 px patches, 1 epoch each.
 Per seed, three runs of distill.method=multi_teacher with the same student, schedule and
 weights: both teachers (the ViT main: its KD on the student's classifier, the CNN's on a head
 of its own; both feed a standardised pre-logits feature term), the ViT alone and the CNN alone
