@@ -279,6 +279,11 @@ class Recipe:
     # recipe's student.*, distill.*, optim.* and ema.* fields, e.g.
     # {"dkd": {"distill.method": "dkd"}} or, on the command line, students.dkd.distill.method=dkd
     students: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Several frozen teachers at once, for a method that reads them all (distill.method=
+    # multi_teacher): name -> overrides of TeacherCfg's defaults (not of `teacher`, which stays
+    # empty), e.g. {"vit": {"name": "vit_small_patch16_224", "checkpoint": "vit.safetensors"}}
+    # or, on the command line, teachers.vit.name=vit_small_patch16_224. The first is the main one
+    teachers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -391,6 +396,21 @@ def student_recipes(recipe: Recipe) -> dict[str, Recipe]:
     for name, spec in recipe.students.items():
         out[name] = apply_overrides(base, [f"{key}={_as_text(value)}"
                                            for key, value in flat_items(spec)])
+    return out
+
+
+def teacher_cfgs(recipe: Recipe) -> dict[str, TeacherCfg]:
+    """Each of `recipe.teachers` as a TeacherCfg, by name, in the recipe's order (the first is
+    the main teacher). A key TeacherCfg does not have is a RecipeError naming it."""
+    out = {}
+    for name, spec in recipe.teachers.items():
+        if not isinstance(spec, dict):
+            raise RecipeError([f"teachers.{name}={spec!r}: give the teacher's fields, e.g. "
+                               f"teachers.{name}.name=resnet18 teachers.{name}.checkpoint=..."])
+        cfg = TeacherCfg()
+        for key, value in flat_items(spec):
+            _set(cfg, key.split("."), _as_text(value), f"teachers.{name}.{key}")
+        out[name] = cfg
     return out
 
 

@@ -196,6 +196,10 @@ BAD_VALUES = {  # field -> (bad values, overrides that put it in play)
     "probe.epochs": (["0"], PROBE_RUN), "probe.batch_size": (["0"], PROBE_RUN),
     "probe.weight_decay": (["-1"], PROBE_RUN), "probe.val_fraction": (["1", "-0.1"], PROBE_RUN),
     "students": (["{'a/b':{'optim.lr':1e-3}}", "{'b':{'data.workers':2}}"], []),
+    # beside teacher.* (which this recipe sets), a name that cannot tag terms, a field TeacherCfg
+    # does not have; the other checks: tests/distill/test_multi_teacher.py
+    "teachers": (["{'b':{'name':'resnet18'}}", "{'a/b':{'name':'resnet18'}}",
+                  "{'b':{'nme':'resnet18'}}"], ["distill.method=multi_teacher"]),
 }
 # fields where every value of the right type means something (type errors are the overrides')
 ANY_VALUE = {

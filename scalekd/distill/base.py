@@ -42,8 +42,10 @@ def discover_methods(path: Iterable[str], package: str) -> None:
 class FeatureShapes:
     """(C, H, W) of the maps a feature method works on, measured on the real models."""
 
-    student: list[tuple[int, int, int]]  # the student's stage-3 and stage-4 taps
-    teacher: dict[str, tuple[int, int, int]]  # "final", "split" (TeacherOutput.features)
+    # the student's stage-3 and stage-4 taps; needs_embedding: [(D,)] of its pre-logits
+    student: list[tuple[int, ...]]
+    # "final", "split" (TeacherOutput.features); needs_embedding: (D,) of each teacher by name
+    teacher: dict[str, tuple[int, ...]]
     student_class: str = ""  # the timm class (ResNet, ConvNeXt, ...): per-family defaults
 
 
@@ -57,6 +59,12 @@ class Distiller(nn.Module):
     # methods on features get the student's stage-3/4 maps as `student_features` and the
     # teacher's feature maps in TeacherOutput.features; their __init__ takes FeatureShapes
     needs_features: ClassVar[bool] = False
+    # methods on the student's pre-logits features get them as `student_embedding` (B, D) and
+    # their __init__ takes FeatureShapes (student: [(D,)], teacher: each teacher's (D,) by name)
+    needs_embedding: ClassVar[bool] = False
+    # methods that read several teachers (recipe.teachers): the teacher argument is then a
+    # dict of TeacherOutput by teacher name, in the recipe's order
+    reads_teachers: ClassVar[bool] = False
     loss_terms: ClassVar[dict[str, float]] = {}  # term name -> default weight
     # where the method comes in lists of methods shown to users (messages): docs/methods.md's order;
     # methods without one follow, in the order they register
@@ -159,6 +167,16 @@ class Distiller(nn.Module):
             return {}
         return {"hard": self.hard_label(logits, targets)}
 
+    def fit_batches(self) -> int:
+        """How many training micro-batches of teacher outputs `fit` wants before the first step;
+        0 (the default, and once fitted: a resumed run loads what was fitted) for none."""
+        return 0
+
+    def fit(self, outputs: list) -> None:
+        """Fit what the method derives from the teacher's outputs on training batches (the
+        teacher's output for each of `fit_batches()` micro-batches, on every process); the
+        trainer calls it once, before the first step. Default: nothing to fit."""
+
     def set_epoch(self, epoch: float) -> None:
         """The trainer calls this before every step with the fractional epoch (optimiser steps
         done / steps per epoch), for methods whose loss follows a schedule (DKD's warm-up). The
@@ -183,7 +201,7 @@ def unknown_method(name: str) -> str:
 def logit_methods() -> list[str]:
     """The methods that need a teacher's logits only (a teacher cache holds nothing more)."""
     return sorted((name for name, cls in DISTILLERS.items()
-                   if cls.needs_teacher and not cls.needs_features),
+                   if cls.needs_teacher and not (cls.needs_features or cls.needs_embedding)),
                   key=lambda name: DISTILLERS[name].listed_at)
 
 
@@ -216,7 +234,9 @@ def distill_value_problems(recipe: Recipe) -> list[str]:
 def create_distiller(recipe: Recipe, num_classes: int,
                      shapes: Optional[FeatureShapes] = None) -> Distiller:
     cls = DISTILLERS[recipe.distill.method]
-    return cls(recipe, num_classes, shapes) if cls.needs_features else cls(recipe, num_classes)
+    if cls.needs_features or cls.needs_embedding:
+        return cls(recipe, num_classes, shapes)
+    return cls(recipe, num_classes)
 
 
 class HardLabelLoss(nn.Module):

@@ -21,7 +21,7 @@ from scalekd.engine.checkpoint import Checkpoints, ema_file
 from scalekd.engine.export import student_state
 from scalekd.models import FrozenTeacher, create_student, data_config
 from scalekd.models.teacher import recipe_teacher
-from scalekd.recipe import apply_overrides, recipe_from_dict, student_recipes
+from scalekd.recipe import apply_overrides, recipe_from_dict, student_recipes, teacher_cfgs
 
 
 class SavedRun:
@@ -82,7 +82,9 @@ class SavedRun:
         return model.eval()
 
     def teacher(self) -> FrozenTeacher:
-        return recipe_teacher(self.recipe, self.num_classes)
+        """The run's teacher; of several (recipe.teachers), the main one (the first)."""
+        main = next(iter(teacher_cfgs(self.recipe).values()), None)
+        return recipe_teacher(self.recipe, self.num_classes, main)
 
     def _checkpoint_weights(self, ema: bool) -> dict[str, torch.Tensor]:
         latest = Checkpoints(self.folder / "checkpoints", 1).latest()

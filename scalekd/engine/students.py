@@ -20,15 +20,16 @@ from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
 
 from scalekd.data.loader import Batch, TrainData
+from scalekd.data.on_batch import rng_restored
 from scalekd.distill import DISTILLERS, Distiller, FeatureShapes, create_distiller
 from scalekd.engine.divergence import NonFiniteGuard
 from scalekd.engine.evaluate import evaluate
 from scalekd.engine.export import consolidated_state, export_student
 from scalekd.engine.logging import RunLog
 from scalekd.engine.optimisation import build_optimiser
+from scalekd.engine.teachers import Teacher, TeacherOutputs
 from scalekd.models import create_student
-from scalekd.models.taps import StudentTaps
-from scalekd.models.teacher import TeacherOutput
+from scalekd.models.taps import EmbeddingTap, StudentTaps
 from scalekd.recipe import Recipe
 
 
@@ -40,17 +41,22 @@ class DistillationModel(nn.Module):
         super().__init__()
         self.student, self.distiller = student, distiller
         self.taps = StudentTaps(student) if distiller.needs_features else None
+        self.embedding = EmbeddingTap(student) if distiller.needs_embedding else None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         student.to(memory_format=self.memory_format)
 
     def forward(self, images: torch.Tensor, targets: Optional[torch.Tensor] = None,
-                teacher: Optional[TeacherOutput] = None):
+                teacher: Optional[TeacherOutputs] = None):
         # a DeepSpeed bf16/fp16 engine holds the student in that dtype and does not autocast
         images = images.to(next(self.student.parameters()).dtype,
                            memory_format=self.memory_format)
         if targets is None:
             return self.student(images).float()
-        if self.taps is None:
+        if self.embedding is not None:
+            # the embedding in the student's dtype: the distiller's heads are in it too
+            logits, embedding = self.embedding.forward(self.student, images)
+            logits, features = logits.float(), {"student_embedding": embedding}
+        elif self.taps is None:
             logits, features = self.student(images).float(), {}
         else:
             logits, maps = self.taps.forward(self.student, images)
@@ -65,11 +71,14 @@ def build_student(recipe: Recipe, num_classes: int, steps_per_epoch: int,
     with torch.random.fork_rng():  # each student starts as it would in a run of its own
         torch.manual_seed(recipe.run.seed)
         student = create_student(recipe.student, num_classes)
-        shapes = None
-        if DISTILLERS[recipe.distill.method].needs_features:
+        shapes, method = None, DISTILLERS[recipe.distill.method]
+        if method.needs_features:
             shapes = FeatureShapes(
                 StudentTaps(student).shapes(student, recipe.data.input_size), teacher_shapes,
                 type(student).__name__)
+        elif method.needs_embedding:
+            width = EmbeddingTap(student).width(student, recipe.data.input_size)
+            shapes = FeatureShapes([(width,)], teacher_shapes, type(student).__name__)
         distiller = create_distiller(recipe, num_classes, shapes)
         model = DistillationModel(student, distiller, recipe.student.channels_last)
     if recipe.student.compile:  # in place, compiled on the first call: state_dict keys unchanged
@@ -141,7 +150,26 @@ class Students:
         for s in self.members:
             s.model.train()
 
-    def step(self, batch: Batch, teacher: Optional[TeacherOutput], teacher_span: tuple,
+    def fit(self, teacher: Teacher, data: TrainData) -> None:
+        """Before the first step: the teacher's outputs on the first training micro-batches of
+        the run (as the students will see them) for the distillers that fit something to them
+        (Distiller.fit_batches; nothing on a resume that loaded it). The global random state
+        is left as it was: the run continues as if this had not happened."""
+        wanted = {s.name: s.module.distiller.fit_batches() for s in self.members}
+        count = max(wanted.values(), default=0)
+        if not count:
+            return
+        outputs = []
+        with rng_restored():
+            for batch in data.epoch(0):
+                outputs.append(teacher(data.on_device(batch, self.accelerator.device)))
+                if len(outputs) == count:
+                    break
+        for s in self.members:
+            if wanted[s.name]:
+                s.module.distiller.fit(outputs[:wanted[s.name]])
+
+    def step(self, batch: Batch, teacher: Optional[TeacherOutputs], teacher_span: tuple,
              step: int, epoch: float, nonfinite: NonFiniteGuard, log: RunLog) -> bool:
         """One micro-batch through every student: forward, named losses, weighted sum,
         backward, and at the last micro-batch of optimiser step `step + 1` the update (unless

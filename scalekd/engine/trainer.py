@@ -83,6 +83,7 @@ def _train(recipe: Recipe, stops: StopRequests) -> TrainResult:
     if universal:
         resume_from = Checkpoints.universal(accelerator, resume_from)
     step = Checkpoints.load(accelerator, resume_from, students.emas) if resume_from else 0
+    students.fit(teacher, data)  # what the distillers fit to the teacher (none when resumed)
     students.start(step)
     total_steps = recipe.run.epochs * data.steps_per_epoch
     if recipe.run.max_steps:
@@ -139,7 +140,10 @@ class _Run:
             metrics = self.teacher.evaluate(self.val_loader, self.accelerator)
             if metrics is not None:
                 log.scalars(0, {f"teacher/{k}": v for k, v in metrics.items()})
-                log.print(f"teacher {recipe.teacher.name}: top-1 {metrics['top1']:.2f}")
+                # one teacher's "top1", or several teachers' "<name>/top1"
+                log.print(", ".join(
+                    f"teacher {key.rpartition('/')[0] or recipe.teacher.name}: top-1 {value:.2f}"
+                    for key, value in metrics.items() if key.rpartition("/")[2] == "top1"))
 
     def after_step(self) -> None:
         """Optimiser step `step + 1` is done: schedules and EMAs follow, and on schedule the

@@ -12,6 +12,7 @@ cache-teacher`).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from scalekd.data.classes import known_classes, source_problems
@@ -20,7 +21,7 @@ from scalekd.data.loader import (batch_problems, data_setting_problems, labels_p
 from scalekd.data.mix_folder import mixed_set_problems
 from scalekd.data.teacher_cache import cache_problems
 from scalekd.distill import DISTILLERS
-from scalekd.distill.base import (distill_setting_problems, distill_value_problems,
+from scalekd.distill.base import (Distiller, distill_setting_problems, distill_value_problems,
                                   logit_methods, unknown_method)
 from scalekd.engine.logging import tracker_problems
 from scalekd.engine.optimisation import (optim_range_problems, optim_value_problems,
@@ -31,11 +32,11 @@ from scalekd.models.student import (model_problems, student_name_problems, stude
                                     student_value_problems, student_zero_problems)
 from scalekd.models.teacher import (compile_problems, online_teacher_problems,
                                     teacher_input_size, teacher_setting_problems,
-                                    teacher_size_problems)
+                                    teacher_size_problems, teachers_problems)
 from scalekd.models.weights import weights_file_problems
-from scalekd.recipe import (PER_STUDENT_SECTIONS, PRECISIONS, Recipe, RecipeError,
+from scalekd.recipe import (PER_STUDENT_SECTIONS, PRECISIONS, Recipe, RecipeError, TeacherCfg,
                             flat_items, grad_accum_steps, resolved_precision,
-                            resolved_zero_stage, student_recipes)
+                            resolved_zero_stage, student_recipes, teacher_cfgs)
 
 
 def validate(recipe: Recipe, world_size: int = 1) -> None:
@@ -48,10 +49,16 @@ def validate(recipe: Recipe, world_size: int = 1) -> None:
     if method is None:
         problems.append(unknown_method(r.distill.method))
     elif method.needs_teacher:
-        if r.teacher.mode != "cached":  # a cached teacher is the cache's (cache_problems)
+        if method.reads_teachers:
+            problems += _several_teachers_problems(r, method)
+        elif r.teacher.mode != "cached":  # a cached teacher is the cache's (cache_problems)
             problems += online_teacher_problems(r.teacher, r.distill.method)
         problems += method.settings_problems(r)
         problems += compile_problems(r.teacher, r.distill.method, method.needs_features)
+    if r.teachers and method is not None and method.needs_teacher and not method.reads_teachers:
+        problems.append(f"teachers.* ({', '.join(r.teachers)}) is read by methods of several "
+                        f"teachers (distill.method=multi_teacher), not by "
+                        f"distill.method={r.distill.method!r}: use teacher.* for one teacher")
     if method is not None:
         problems += method.options_problems(r)
     # the probe's resolution is the teacher's own, known where timm resolves its name
@@ -179,6 +186,28 @@ def _engine_zero_problems(r: Recipe, stage: int) -> list[str]:
             "use ZeRO-2 or DDP for EMA runs, or set ema.decay=0"
         )
     return problems
+
+
+def _several_teachers_problems(r: Recipe, method: type[Distiller]) -> list[str]:
+    """recipe.teachers for a method that reads several teachers: present, alone (teacher.*
+    left at its defaults), and each teacher valid as teacher.* is for one."""
+    if not r.teachers:
+        return [f"distill.method={r.distill.method!r} reads several teachers: set "
+                "teachers.<name>.name=<timm model> and teachers.<name>.checkpoint=<weights> for "
+                "each (the first is the main teacher)"]
+    problems = []
+    beside = [f"teacher.{f.name}" for f in dataclasses.fields(TeacherCfg)
+              if getattr(r.teacher, f.name) != getattr(TeacherCfg(), f.name)]
+    if beside:
+        problems.append(f"{', '.join(beside)} set beside teachers.*: with several "
+                        "teachers each has its own fields; move them to teachers.<name>.*")
+    try:
+        cfgs = teacher_cfgs(r)
+    except RecipeError as err:
+        return problems + err.problems
+    problems += teachers_problems(cfgs, r.distill.method, method.teacher_needs(r).embedding)
+    return problems + weights_file_problems({f"teachers.{name}.checkpoint": cfg.checkpoint
+                                             for name, cfg in cfgs.items()})
 
 
 def _students_problems(recipe: Recipe, world_size: int) -> list[str]:

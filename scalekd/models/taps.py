@@ -165,13 +165,50 @@ class StudentTaps:
             seen.outputs[e["module"]]) for e in self.entries]
         return logits, maps
 
-    @torch.no_grad()
     def shapes(self, model: nn.Module, input_size: int) -> list[tuple[int, int, int]]:
         """(C, H, W) of each tap, from one forward of a blank image in eval mode."""
-        was_training = model.training
-        model.eval()
+        _, maps = on_blank_image(model, input_size, self.forward)
+        return [tuple(m.shape[1:]) for m in maps]
+
+
+@torch.no_grad()
+def on_blank_image(model: nn.Module, input_size: int, forward):
+    """`forward(model, images)` on one blank image, the model in eval mode meanwhile."""
+    was_training = model.training
+    model.eval()
+    try:
         images = torch.zeros(1, 3, input_size, input_size,
                              device=next(model.parameters()).device)
-        _, maps = self.forward(model, images)
+        return forward(model, images)
+    finally:
         model.train(was_training)
-        return [tuple(m.shape[1:]) for m in maps]
+
+
+class EmbeddingTap:
+    """A timm model's pre-logits features: the input of its classifier (`get_classifier()`),
+    caught by a hook during the model's ordinary forward, so that the logits are those of that
+    forward and a ZeRO-3 engine or a DDP replica gathers its parameters as usual (calling
+    `forward_head(pre_logits=True)` would bypass the top module's call, and timm places the
+    head's dropout before or after that point depending on the family)."""
+
+    def __init__(self, model: nn.Module):
+        classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+        names = [name for name, m in model.named_modules() if m is classifier and name]
+        if not isinstance(classifier, nn.Module) or not names:
+            raise ValueError(f"{type(model).__name__} has no classifier module that timm's "
+                             "get_classifier() names: its pre-logits features cannot be read")
+        self.name = names[0]
+
+    def forward(self, model: nn.Module, images: torch.Tensor,
+                runner: Optional[nn.Module] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, pre-logits features) of one forward of `runner` (default `model`: a
+        wrapper that calls it, such as a DeepSpeed engine, may stand in)."""
+        with capture(model, inputs_of=[self.name]) as seen:
+            logits = (runner or model)(images)
+        args, _ = seen.inputs[self.name]
+        return logits, args[0].flatten(1)
+
+    def width(self, model: nn.Module, input_size: int) -> int:
+        """The pre-logits width, from one forward of a blank image in eval mode."""
+        _, embedding = on_blank_image(model, input_size, self.forward)
+        return embedding.shape[1]

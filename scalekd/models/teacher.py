@@ -19,6 +19,7 @@ from scalekd.model_config import data_config
 from scalekd.models.attention import set_fused_attention, timm_attention
 from scalekd.models.probed_teacher import create_probed_model
 from scalekd.models.student import model_problems
+from scalekd.models.taps import EmbeddingTap
 from scalekd.models.teacher_stages import TeacherStages
 from scalekd.models.weights import load_timm_model
 from scalekd.recipe import Recipe, TeacherCfg
@@ -32,6 +33,8 @@ class TeacherOutput:
     # final class token (teacher_stages.summary_of)
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     proxy: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # TPP: split map -> final
+    # with the embedding enabled: the (B, D) pre-logits features (the classifier's input), fp32
+    embedding: Optional[torch.Tensor] = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class TeacherNeeds:
     # TeacherOutput.features["summary"]: the final class token after the norm (a model without
     # one: its final map's mean), beside the patch map "final"; implies features
     summary: bool = False
+    embedding: bool = False  # TeacherOutput.embedding: the pre-logits features
 
 
 def combined_needs(needs: Iterable[Optional[TeacherNeeds]]) -> Optional[TeacherNeeds]:
@@ -53,11 +57,12 @@ def combined_needs(needs: Iterable[Optional[TeacherNeeds]]) -> Optional[TeacherN
     wanted = [n for n in needs if n is not None]
     if not wanted:
         return None
+    embedding = any(n.embedding for n in wanted)
     tapped = [n for n in wanted if n.features]
     if not tapped:
-        return TeacherNeeds()
+        return TeacherNeeds(embedding=embedding)
     return TeacherNeeds(True, any(n.proxy for n in tapped), tapped[0].proxy_blocks,
-                        any(n.summary for n in tapped))
+                        any(n.summary for n in tapped), embedding)
 
 
 # the smallest normal float32: a class with no mass gets a finite log-probability, so that KL
@@ -95,6 +100,7 @@ class FrozenTeacher(nn.Module):
         self.renormalise = not (torch.equal(s_mean, t_mean) and torch.equal(s_std, t_std))
         self.engine = None  # a DeepSpeed inference engine when the teacher is sharded
         self.stages: Optional[TeacherStages] = None  # set by enable_features
+        self.embedding_tap: Optional[EmbeddingTap] = None  # set by enable_embedding
         self.with_proxy = self.with_summary = False
 
     def train(self, mode: bool = True) -> "FrozenTeacher":
@@ -119,6 +125,9 @@ class FrozenTeacher(nn.Module):
     def forward(self, images: torch.Tensor) -> TeacherOutput:
         x = self.prepare_input(images)
         with timm_attention(self.model, self.attention, x.device):
+            if self.embedding_tap is not None:
+                logits, embedding = self.embedding_tap.forward(self.model, x, self.runner())
+                return TeacherOutput(logits.float(), embedding=embedding.float())
             if self.stages is None:
                 return TeacherOutput(logits=self.runner()(x).float())
             logits, features, proxy = self.stages.forward(self.model, self.runner(), x,
@@ -148,6 +157,15 @@ class FrozenTeacher(nn.Module):
             self.stages.check(self.model, self.model, self.prepare_input(noise))
         features = self(noise).features
         return {name: tuple(f.shape[1:]) for name, f in features.items()}
+
+
+    def enable_embedding(self, device: torch.device) -> int:
+        """Return the pre-logits features (TeacherOutput.embedding) from now on; returns their
+        width, measured on a noise image (its own generator: the run's RNG is not drawn)."""
+        self.embedding_tap = EmbeddingTap(self.model)
+        size = self.input_size or 224
+        noise = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        return self(noise.to(device)).embedding.shape[1]
 
 
 def _channels(values) -> torch.Tensor:
@@ -185,11 +203,13 @@ def create_teacher(cfg: TeacherCfg, num_classes: int, student_mean, student_std,
     return freeze_teacher(model, cfg, student_mean, student_std, student_size, cfg.compile)
 
 
-def recipe_teacher(recipe: Recipe, num_classes: int) -> FrozenTeacher:
-    """The recipe's teacher, fed what distillation feeds it: the student's pixels (normalised
-    for the student, at data.input_size), re-normalised and resized for the teacher."""
+def recipe_teacher(recipe: Recipe, num_classes: int,
+                   cfg: Optional[TeacherCfg] = None) -> FrozenTeacher:
+    """The recipe's teacher (or `cfg`, one of recipe.teachers), fed what distillation feeds it:
+    the student's pixels (normalised for the student, at data.input_size), re-normalised and
+    resized for the teacher."""
     norm = data_config(recipe.student.name, recipe.student.kwargs)
-    return create_teacher(recipe.teacher, num_classes, norm["mean"], norm["std"],
+    return create_teacher(cfg or recipe.teacher, num_classes, norm["mean"], norm["std"],
                           recipe.data.input_size)
 
 
@@ -236,3 +256,25 @@ def teacher_setting_problems(cfg: TeacherCfg) -> list[str]:
 def teacher_size_problems(cfg: TeacherCfg) -> list[str]:
     return [] if cfg.input_size == 0 or cfg.input_size >= 8 else [
         f"teacher.input_size={cfg.input_size} must be 0 (the student's) or >= 8"]
+
+
+def teachers_problems(cfgs: dict[str, TeacherCfg], method: str, embedding: bool) -> list[str]:
+    """The checks of one teacher applied to each of recipe.teachers, each message naming the
+    teacher's own fields (teachers.<name>.*). Every one runs online: a probed or cached
+    teacher serves the single-teacher methods."""
+    problems = []
+    for name, cfg in cfgs.items():
+        if not name.replace("_", "").replace("-", "").isalnum():
+            problems.append(f"teachers.{name}: a teacher name tags its loss terms and metrics; "
+                            "use letters, digits, _ -")
+            continue
+        own = (online_teacher_problems(cfg, method) + teacher_setting_problems(cfg)
+               + teacher_size_problems(cfg) + compile_problems(cfg, method, embedding))
+        if cfg.mode != "online":
+            own.append(f"teacher.mode={cfg.mode!r}: every teacher of teachers.* runs online (a "
+                       "teacher cache holds one teacher's top-k); drop teacher.mode")
+        if cfg.probe:
+            own.append("teacher.probe is for single-teacher methods (set teacher.probe with "
+                       "distill.method=kd); drop it here")
+        problems += [p.replace("teacher.", f"teachers.{name}.") for p in own]
+    return problems
