@@ -103,7 +103,9 @@ def test_accumulation_derived_from_the_device_batch_keeps_the_global_batch(tmp_p
     derived, explicit, whole = (exported(runs[n]) for n in ("derived", "explicit", "whole"))
     for key, value in derived.items():
         assert torch.equal(value, explicit[key]), key
-        assert torch.allclose(value, whole[key], atol=1e-5), key  # summation order only
+        # summation order only: up to 2.4e-5 after 8 LAMB steps on an AVX-512 Xeon, under
+        # 1e-5 on an AVX2 EPYC; 8 steps on half the batches move weights by up to 1e-2
+        assert torch.allclose(value, whole[key], atol=1e-4), key
     logged_steps = [set(scalars(runs[n])["loss/total"]) for n in ("derived", "whole")]
     assert logged_steps[0] == logged_steps[1] == set(range(1, 9))
 
