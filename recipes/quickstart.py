@@ -30,14 +30,14 @@ ROOT = "runs/quickstart"
 replace = dataclasses.replace
 FASHION_MNIST_TRAIN = 60_000
 # Seconds per training step at batch 128 and per run (start, evaluations, export) on 2 cores of
-# the AMD EPYC development machine (1 torch thread, the 2 loader workers on the other core): each
-# run's wall time in one quickstart from an empty runs/, 2026-12-04 14:33-14:36 UTC, less
-# RUN_SECONDS, over its steps. Other sessions kept the load average at 5-6, the quickstart ran at
-# a higher scheduling priority. docs/performance.md, "The quickstart's time".
+# an Intel Xeon (AVX-512) development machine (1 torch thread, the 2 loader workers on the other
+# core): each run's wall time in one quickstart from an empty runs/, 2026-12-04 14:33-14:36 UTC,
+# less RUN_SECONDS, over its steps. Other sessions kept the load average at 5-6, the quickstart
+# ran at a higher scheduling priority. docs/performance.md, "The quickstart's time".
 STEP_SECONDS = {"teacher": 0.221, "alone": 0.067, "KD": 0.134, "KD+transfer": 0.112}
 RUN_SECONDS = 8.0
 TEACHER_LABELS_PER_CLASS = 3_000
-MEASURED_ON = "2 cores of an AMD EPYC"
+MEASURED_ON = "2 cores of an Intel Xeon"
 
 
 def recipe() -> Recipe:
