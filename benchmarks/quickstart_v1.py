@@ -17,10 +17,13 @@ def recipe() -> Recipe:
     """The KD student's run, as recipes/quickstart.py's recipe() returned it before issue 20."""
     return apply_overrides(QUICKSTART["recipe"](), [
         f"run.dir={ROOT}/{{name}}", "run.epochs=60", "student.channels_last=false",
-        "teacher.name=resnet18", f"teacher.checkpoint={ROOT}/teacher/export/student.safetensors",
-        "teacher.channels_last=false", "checkpoint.every_epochs=20", "eval.every_epochs=20"])
+        "teacher.name=resnet18", "teacher.kwargs={}",
+        f"teacher.checkpoint={ROOT}/teacher/export/student.safetensors",
+        "teacher.channels_last=false", "distill.weights={'hard':0.5,'kd':0.5}",
+        "checkpoint.every_epochs=20", "eval.every_epochs=20"])
 
 
 def teacher_recipe(distilled: Recipe) -> Recipe:
     """The teacher trained alone on every label: 2 epochs."""
-    return apply_overrides(QUICKSTART["teacher_recipe"](distilled), ["run.epochs=2"])
+    return apply_overrides(QUICKSTART["teacher_recipe"](distilled),
+                           ["run.epochs=2", "data.labels_per_class=0"])

@@ -13,11 +13,12 @@ def test_the_benchmarks_setting_is_the_old_quickstart():
     teacher = V1["teacher_recipe"](kd)
     assert (kd.run.epochs, kd.student.name, kd.student.channels_last) == (
         60, "mobilenetv3_small_050", False)
-    assert (kd.teacher.name, kd.teacher.channels_last) == ("resnet18", False)
+    assert (kd.teacher.name, kd.teacher.kwargs, kd.teacher.channels_last) == ("resnet18", {}, False)
+    assert kd.distill.weights == {"hard": 0.5, "kd": 0.5}
     assert (kd.data.input_size, kd.data.batch_size, kd.data.labels_per_class) == (32, 128, 100)
     assert (kd.eval.every_epochs, kd.checkpoint.every_epochs) == (20, 20)
-    assert (teacher.run.epochs, teacher.student.name, teacher.student.channels_last) == (
-        2, "resnet18", False)
+    assert (teacher.run.epochs, teacher.student.name, teacher.student.kwargs,
+            teacher.student.channels_last) == (2, "resnet18", {}, False)
     assert teacher.data.labels_per_class == 0 and teacher.optim.lr == 2e-3
 
 
