@@ -55,13 +55,26 @@ def test_a_stopped_label_free_run_resumes_bit_exactly(setup, whole):
         assert after[tag] == before[tag], tag  # every step, the resumed ones included
 
 
-def test_report_draws_a_run_without_labels(whole, tmp_path, capsys):
+def test_report_draws_a_run_without_labels(whole, tmp_path, capsys, monkeypatch):
+    import scalekd.diagnostics.report as report
+
+    figures, save = {}, report.save
+
+    def keep(fig, path, title):
+        figures[path.name] = fig
+        return save(fig, path, title)
+
+    monkeypatch.setattr(report, "save", keep)
     main(["report", str(whole.run_dir), "--out", str(tmp_path / "png")])
     written = capsys.readouterr().out.split()
     # no final_top1.png: nothing evaluates top-1
     assert [p.rsplit("/", 1)[-1] for p in written] == ["training.png", "loss_terms.png"]
     for path in written:
         assert_sane_png(path)
+    loss, top1 = figures["training.png"].axes[:2]
+    assert len(loss.get_lines()) == 1 and not top1.get_lines()  # an empty top-1 panel
+    terms = {ax.get_title() for ax in figures["loss_terms.png"].axes}
+    assert {"loss/cls_cos", "loss/patch_cos", "loss/patch_smooth_l1"} <= terms
 
 
 @pytest.mark.multiprocess
