@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator, DeepSpeedPlugin
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import InitProcessGroupKwargs
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
 from scalekd.engine.logging import run_trackers
 from scalekd.models.teacher import FrozenTeacher
@@ -56,6 +56,10 @@ def build_accelerator(recipe: Recipe, load_universal: bool = False,
         if on_cpu and "LOCAL_RANK" in os.environ:
             # DeepSpeed on CPU: without it every rank believes it is rank 0
             handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    if not recipe.data.labels:
+        # without labels no method reads the class logits: a headless ViT student's final norm
+        # (feeding only its pooled output) gets no gradient, which plain DDP refuses (issue 21)
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
     return Accelerator(
         # without cpu=True accelerate sees no GPU and silently runs each CPU process alone
         # (no DDP, no reductions); with it, DeepSpeed would be ignored, hence stage == 0

@@ -164,8 +164,9 @@ def feature_teacher(recipe: Recipe) -> FrozenTeacher:
     encoder = create_encoder(t)
     depth = len(getattr(encoder, "blocks", ()))
     if has_class_token(encoder) and recipe.probe.blocks > depth:
-        raise RecipeError([f"probe.blocks={recipe.probe.blocks}: teacher {t.name!r} has "
-                           f"{depth} blocks"])
+        # the default (4, DINOv2's recipe) exceeds a small ViT's depth: name the fix
+        raise RecipeError([f"probe.blocks={recipe.probe.blocks} exceeds the {depth} blocks of "
+                           f"teacher {t.name!r}: set probe.blocks={depth} or fewer"])
     model = ProbedModel(encoder, nn.Identity(), recipe.probe.blocks, recipe.probe.patch_mean)
     # the pixels distillation hands the teacher
     norm = data_config(recipe.student.name, recipe.student.kwargs)

@@ -6,12 +6,10 @@ before compute."""
 
 import json
 
-import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from scalekd.distill.features import LinearPatchHead
 from scalekd.engine.saved_run import SavedRun
@@ -20,40 +18,12 @@ from scalekd.models.teacher_stages import TeacherStages
 from scalekd.recipe import Recipe, RecipeError, apply_overrides
 from scalekd.tools.probe_teacher import probe
 
+from helpers.label_free import DINOV2, RESNET, VIT, label_free, teacher_file, write_flat_folder
 from helpers.runs import scalars, train_in_process
-
-DINOV2 = {"img_size": 28, "depth": 2, "embed_dim": 32, "num_heads": 2}  # a 2x2 patch grid
-RESNET = ("resnet18", {"channels": (8, 16, 32, 64), "stem_width": 8})
-VIT = ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 2})
-
 
 @pytest.fixture(scope="module")
 def flat_folder(tmp_path_factory):
-    """16 PNGs straight in `train/`: no class folders, no val/ split."""
-    root = tmp_path_factory.mktemp("flat")
-    (root / "train").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(16):
-        pixels = rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(root / "train" / f"{i:02d}.png")
-    return root
-
-
-def teacher_file(path, name: str):
-    torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, **DINOV2)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
-
-
-def label_free(root, run_dir, teacher, checkpoint, student, *extra):
-    name, kwargs = student
-    return [f"data.path={root}", "data.labels=false", "data.input_size=32",
-            "data.batch_size=8", "data.workers=0", f"student.name={name}",
-            f"student.kwargs={kwargs}", f"teacher.name={teacher}", f"teacher.kwargs={DINOV2}",
-            f"teacher.checkpoint={checkpoint}", "distill.method=features", f"run.dir={run_dir}",
-            "run.epochs=3", "run.log_every=1", "checkpoint.every_epochs=0", "optim.name=adamw",
-            "optim.lr=3e-3", "optim.warmup_epochs=0", *extra]
+    return write_flat_folder(tmp_path_factory.mktemp("flat"))
 
 
 @pytest.mark.parametrize("teacher, student, extra, drop", [
