@@ -1,7 +1,7 @@
-"""Recipe cards (recipes/cards.toml): every recipe file and every --pair of scalekd_in1k.py,
-resolved as a user runs it, holds each value its card states and cites; changing any card value,
-or the recipe's value, fails. docs/recipes.md's card table is printed from the cards:
-`python tests/test_recipe_cards.py`."""
+"""Recipe cards (recipes/cards.toml): every recipe file, every --pair of scalekd_in1k.py and
+every --objective of label_free.py, resolved as a user runs it, holds each value its card states
+and cites; changing any card value, or the recipe's value, fails. docs/recipes.md's card table
+is printed from the cards: `python tests/test_recipe_cards.py`."""
 
 import functools
 import math
@@ -17,7 +17,8 @@ from scalekd.recipe import Recipe, apply_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 CARDS: dict[str, dict] = tomllib.loads((ROOT / "recipes" / "cards.toml").read_text())
-META = ("recipe", "pair", "deliberate")
+CHOICES = ("pair", "objective")  # a recipe file's argument that picks the recipe
+META = ("recipe", *CHOICES, "deliberate")
 
 
 def entries(card: dict) -> dict[str, tuple[Any, str]]:
@@ -28,7 +29,7 @@ def entries(card: dict) -> dict[str, tuple[Any, str]]:
 def resolve(name: str) -> Recipe:
     card = CARDS[name]
     build = runpy.run_path(str(ROOT / card["recipe"]))["recipe"]
-    return build(card["pair"]) if "pair" in card else build()
+    return build(**{key: card[key] for key in CHOICES if key in card})
 
 
 def recipe_value(recipe: Recipe, key: str) -> Any:
@@ -63,6 +64,8 @@ def test_every_recipe_file_and_pair_has_a_card():
     assert files == {card["recipe"] for card in CARDS.values()}
     pairs = runpy.run_path(str(ROOT / "recipes" / "scalekd_in1k.py"))["PAIRS"]
     assert set(pairs) == {card["pair"] for card in CARDS.values() if "pair" in card}
+    objectives = runpy.run_path(str(ROOT / "recipes" / "label_free.py"))["OBJECTIVES"]
+    assert set(objectives) == {card["objective"] for card in CARDS.values() if "objective" in card}
 
 
 @pytest.mark.parametrize("name", CARDS)
@@ -133,7 +136,7 @@ LABELS = {"aug.re_prob": "erase ", "aug.mixup": "mixup ", "aug.cutmix": "cutmix 
 
 def cell(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.5g}"  # 5 digits: an EMA decay of 0.99996 is not 1
     if isinstance(value, list):
         return "/".join(map(str, value))
     return str(value).replace("|", "\\|") if value != "" else "none"

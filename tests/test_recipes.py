@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from helpers.runs import exported, kill_group, scalars, subprocess_env
@@ -211,6 +212,55 @@ def test_dinov2_pair_probes_distils_stops_resumes_and_exports(tmp_path, monkeypa
     student = timm.create_model("resnet18d", num_classes=10).state_dict()
     assert cut.keys() == ref.keys() == student.keys()  # the projectors are not exported
     assert all(torch.equal(cut[k], ref[k]) for k in cut)
+
+
+LABEL_FREE = runpy.run_path(str(ROOT / "recipes" / "label_free.py"))
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """8 PNGs straight in train/: no class folders, no labels."""
+    (tmp_path / "images" / "train").mkdir(parents=True)
+    for i in range(8):
+        pixels = torch.randint(0, 256, (36, 36, 3), dtype=torch.uint8).numpy()
+        Image.fromarray(pixels).save(tmp_path / "images" / "train" / f"{i}.png")
+    return tmp_path / "images"
+
+
+def test_label_free_objectives_validate_and_name_what_is_missing(image_folder):
+    from scalekd.distill import DISTILLERS
+    from scalekd.recipe import RecipeError
+
+    for objective in LABEL_FREE["OBJECTIVES"]:
+        r = LABEL_FREE["recipe"](objective)
+        assert (r.data.labels, r.run.name) == (False, f"label_free_{objective}")
+        assert not DISTILLERS[r.distill.method].needs_classes(r)  # reads no label or logit
+        with pytest.raises(RecipeError, match="data.path='' has no train/ folder"):
+            validate(r)
+        validate(apply_overrides(r, [f"data.path={image_folder}"]))
+    assert LABEL_FREE["recipe"]("scalekd").distill.weights == {"kd": 0.0}
+
+
+def test_label_free_recipe_runs_both_objectives_on_tiny_overrides(tmp_path, image_folder):
+    """The recipe file's main, shrunk: a tiny DINOv2 with registers (4 blocks) from a weights
+    file, a ResNet-18 student; 2 steps of each objective, a headless export."""
+    dinov2 = {"img_size": 28, "depth": 4, "embed_dim": 32, "num_heads": 2}  # TPP: last 2
+    encoder = timm.create_model("vit_giant_patch14_reg4_dinov2", num_classes=0, **dinov2)
+    save_file(encoder.state_dict(), tmp_path / "dinov2.safetensors")
+    for objective in LABEL_FREE["OBJECTIVES"]:
+        result = LABEL_FREE["main"]([
+            "--objective", objective, f"data.path={image_folder}", "data.input_size=32",
+            "data.batch_size=4", "data.workers=0", "student.name=resnet18",
+            f"teacher.kwargs={dinov2}", f"teacher.checkpoint={tmp_path / 'dinov2.safetensors'}",
+            "teacher.pretrained=false", "teacher.dtype=fp32", "run.precision=no",
+            f"run.dir={tmp_path / objective}", "run.max_steps=2", "run.log_every=1"])
+        assert result.steps == 2, objective
+        logged = scalars(tmp_path / objective)
+        assert ({"loss/cls_cos", "loss/patch_cos"} if objective == "features"
+                else {"loss/spatial.s3", "loss/frequency.s4"}) <= set(logged), logged
+        assert "loss/kd" not in logged
+        export = exported(tmp_path / objective)
+        assert not any(k.startswith("fc.") for k in export)  # headless: no classifier
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Every recipe file prints its help (its docstring, its own flags with their choices and
 defaults, the overrides) instead of failing on `--help`; recipes/scalekd_in1k.py's pair is the
-`--pair` argument, not a pseudo-field (issue 20, item 6)."""
+`--pair` argument, not a pseudo-field (issue 20, item 6); recipes/label_free.py's loss its
+`--objective`."""
 
 import runpy
 import sys
@@ -53,3 +54,11 @@ def test_an_unknown_flag_of_a_recipe_file_is_an_error_not_an_override(monkeypatc
         runpy.run_path(str(RECIPES / "in1k_a1.py"), run_name="__main__")
     assert done.value.code == 2
     assert "unrecognized arguments: --epochs" in capsys.readouterr().err
+
+
+def test_label_free_objective_is_an_argument_help_shows_with_every_choice(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [str(RECIPES / "label_free.py"), "--help"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(RECIPES / "label_free.py"), run_name="__main__")
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--objective {features,scalekd}" in out and "(default: features)" in out
