@@ -17,10 +17,10 @@ built without a classifier and nothing evaluates top-1: `scalekd probe` the expo
             distill.hard_loss=none, which is what lets it train without labels; CAP/DFM values
             as scalekd_in1k.py's dinov2g_r50 (the authors' EVA-L/14 -> ResNet-50 pair)
 
-The teacher is timm's vit_giant_patch14_reg4_dinov2.lvd142m, pretrained, at its own resolution
-(518 px, a 37x37 patch grid; the student at 224 px). Proteus ran its DINOv2 teacher at the
-student's 224 px (a 16x16 grid, about a fifth of the teacher's compute):
-`teacher.kwargs={'img_size':224}`.
+The teacher is timm's vit_giant_patch14_reg4_dinov2.lvd142m, pretrained, run as Proteus runs
+its DINOv2 teacher: on the student's 224 px crop (teacher.kwargs={'img_size':224}, a 16x16 patch
+grid; timm resizes the position embedding), not at the weights' 518 px, which would cost about 5x
+the teacher's compute for an upsampled crop (teacher.kwargs={} gives it).
 
 The schedule and augmentation are Proteus's (Zhang et al. 2024, "Accessing Vision Foundation
 Models at ImageNet-level Costs"), its released pretrain/main.py and run_pretrain.sh
@@ -61,7 +61,8 @@ def recipe(objective: str = "features") -> Recipe:
         aug=AugCfg(auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25, repeated_aug=3,
                    hflip=0.5, interpolation="bicubic"),
         student=StudentCfg(name="resnet50", drop_path=0.1),
-        teacher=TeacherCfg(name=DINOV2_G, pretrained=True, dtype="bf16"),
+        teacher=TeacherCfg(name=DINOV2_G, pretrained=True, kwargs={"img_size": 224},
+                           dtype="bf16"),
         distill=DistillCfg(method="features", hard_loss="none"),
         optim=OptimCfg(name="adamw", lr=5e-4, weight_decay=0.05, clip_grad=0.0,
                        sched="cosine", warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5),
