@@ -94,6 +94,15 @@ def test_quickstart_recipes_validate(tmp_path):
     assert distilled.student.name != distilled.teacher.name
 
 
+def test_quickstart_teacher_uses_half_of_fashion_mnist_and_every_label_elsewhere():
+    quickstart = runpy.run_path(str(ROOT / "recipes" / "quickstart.py"))
+    teacher = quickstart["teacher_recipe"]
+    distilled = quickstart["recipe"]()
+    assert teacher(distilled).data.labels_per_class == 3000  # 30,000 of its 60,000 images
+    for other in ("data.source=synthetic", "data.classes=(5,6,7,8,9)"):
+        assert teacher(apply_overrides(distilled, [other])).data.labels_per_class == 0
+
+
 def quickstart_started(monkeypatch, capsys) -> tuple[str, str]:
     """The first run the quickstart starts, and what it printed before: run_recipe stops it."""
     spec = importlib.util.spec_from_file_location("quickstart", ROOT / "recipes" / "quickstart.py")
