@@ -148,24 +148,25 @@ class FrozenTeacher(nn.Module):
         Returns the features' shapes without the batch: (C, H, W) of maps, (C,) of the summary."""
         self.stages, self.with_proxy = TeacherStages(self.model, proxy_blocks), with_proxy
         self.with_summary = summary
-        size = self.input_size or 224
-        # noise, not a blank image (whose patches would all look alike); its own generator, so
-        # that the global RNG the run is seeded with is not drawn from
-        noise = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-        noise = noise.to(device)
+        noise = self._noise_image(device)
         if with_proxy:
             self.stages.check(self.model, self.model, self.prepare_input(noise))
         features = self(noise).features
         return {name: tuple(f.shape[1:]) for name, f in features.items()}
 
-
     def enable_embedding(self, device: torch.device) -> int:
         """Return the pre-logits features (TeacherOutput.embedding) from now on; returns their
-        width, measured on a noise image (its own generator: the run's RNG is not drawn)."""
+        width, measured on a noise image."""
         self.embedding_tap = EmbeddingTap(self.model)
+        return self(self._noise_image(device)).embedding.shape[1]
+
+    def _noise_image(self, device: torch.device) -> torch.Tensor:
+        """One image of noise at the teacher's input size: noise, not a blank image (whose
+        patches would all look alike), from its own generator, so that the global RNG the run
+        is seeded with is not drawn from."""
         size = self.input_size or 224
         noise = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
-        return self(noise.to(device)).embedding.shape[1]
+        return noise.to(device)
 
 
 def _channels(values) -> torch.Tensor:
